@@ -1,0 +1,339 @@
+"""All settings of a run in one dataclass.
+
+`create_hparams("name=value,name=value")` keeps NVIDIA's override habit. A `preset=NAME` inside the
+same string selects a named preset first; the names given after it override the preset. Every
+checkpoint carries `to_dict()` of its hparams, so diagnostics and inference rebuild the model from
+the checkpoint alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List
+
+
+class HParamsError(ValueError):
+    """A bad hparams string, an unknown name or a value of the wrong type."""
+
+
+@dataclass
+class HParams:
+    # ------------------------------------------------------------------ Experiment
+    preset: str = "default"  # default | nvidia | demo | demo_ru | tiny (see PRESETS)
+    seed: int = 1234
+    epochs: int = 100000  # upper bound; max_steps usually ends a run first
+    max_steps: int = 0  # stop after this many optimizer steps; 0 = no limit
+    iters_per_log: int = 10  # one train.log line every this many steps
+    iters_per_validation: int = 200  # validation, diagnostics and alignment snapshot
+    iters_per_checkpoint: int = 1000
+    keep_checkpoints: int = 5  # newest checkpoints kept on disk; 0 = keep all
+    iters_per_audio: int = 5  # a Griffin-Lim sample every this many validations
+    free_running_every: int = 1  # free-running decoding every this many validations; 0 = never
+    free_running_items: int = 4  # validation items decoded from text alone
+    ignore_layers: List[str] = field(default_factory=lambda: ["embedding.weight"])  # warm start
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on the device's type)
+    compile: bool = False  # torch.compile the decoder step
+    dist_backend: str = ""  # "" = nccl on CUDA, gloo on CPU
+
+    # ------------------------------------------------------------------ Data
+    training_files: str = "filelists/demo_en_train.txt"
+    validation_files: str = "filelists/demo_en_val.txt"
+    data_root: str = ""  # "" = relative paths resolve against the filelist's folder, then the cwd
+    text_cleaners: List[str] = field(default_factory=lambda: ["english_cleaners"])
+    symbol_set: str = "english"  # english | russian
+    drop_unknown_chars: bool = False  # False = a character outside the set is an error
+    mel_cache: bool = True  # cache mels on disk in <run folder>/mel_cache
+    num_workers: int = 0  # DataLoader workers
+    bucket_batches: bool = True  # batches of similar mel length
+    bucket_size_multiplier: int = 8  # a bucket holds this many batches before it is split
+    min_audio_seconds: float = 0.3  # data check: shorter is a warning
+    max_audio_seconds: float = 20.0  # data check: longer is a warning
+
+    # ------------------------------------------------------------------ Audio
+    max_wav_value: float = 32768.0
+    sampling_rate: int = 22050
+    filter_length: int = 1024
+    hop_length: int = 256
+    win_length: int = 1024
+    n_mel_channels: int = 80
+    mel_fmin: float = 0.0
+    mel_fmax: float = 8000.0
+    trim_silence: bool = False  # trim leading/trailing silence before the mel
+    trim_top_db: float = 40.0  # dB below the peak counted as silence when trimming
+
+    # ------------------------------------------------------------------ Model
+    symbols_embedding_dim: int = 512
+    encoder_kernel_size: int = 5
+    encoder_n_convolutions: int = 3
+    encoder_embedding_dim: int = 512
+    n_frames_per_step: int = 1  # r: mel frames per decoder step
+    decoder_rnn_dim: int = 1024
+    prenet_dim: int = 256
+    max_decoder_steps: int = 1000
+    gate_threshold: float = 0.5
+    p_attention_dropout: float = 0.1
+    p_decoder_dropout: float = 0.1
+    p_encoder_dropout: float = 0.02
+    p_postnet_dropout: float = 0.05
+    p_prenet_dropout: float = 0.5  # always on, at inference too (as in the paper)
+    attention_rnn_dim: int = 1024
+    attention_dim: int = 128
+    attention_location_n_filters: int = 32
+    attention_location_kernel_size: int = 31
+    postnet_embedding_dim: int = 512
+    postnet_kernel_size: int = 5
+    postnet_n_convolutions: int = 5
+    mask_padding: bool = True
+
+    # ------------------------------------------------------------------ Optimization
+    learning_rate: float = 5e-4
+    weight_decay: float = 1e-6
+    grad_clip_thresh: float = 1.0
+    batch_size: int = 64
+    lr_schedule: str = "plateau"  # plateau (ReduceLROnPlateau on validation loss) | constant
+    lr_decay_factor: float = 0.8
+    lr_patience_steps: int = 5000  # converted to validations for ReduceLROnPlateau
+    min_learning_rate: float = 1e-5
+    gate_positive_weight: float = 1.0  # pos_weight of the gate BCE
+    curriculum: bool = False  # offer short texts first
+    curriculum_start_quantile: float = 0.3  # share of training texts offered at step 0
+    curriculum_steps: int = 5000  # steps until every text is offered
+
+    # ------------------------------------------------------------------ Guided attention
+    guide_loss_weight: float = 2.0  # 0 = off
+    guide_sigma: float = 0.2  # g in W = 1 - exp(-(n/N - t/T)^2 / (2 g^2))
+    guide_scale: float = 10.0
+    guide_decay: float = 0.9999  # per step
+    guide_lowbound: float = 0.1
+    guide_decay_start: int = 10000  # step where the linear fade to 0 starts
+    guide_decay_steps: int = 100000  # length of that fade; 0 = no fade
+
+    # ------------------------------------------------------------------ Diagnostics
+    diagonal_band: float = 0.15  # b of diagonal_score
+    success_steps: List[int] = field(default_factory=lambda: [1000, 3000, 5000, 10000])
+    success_thresholds: List[float] = field(default_factory=lambda: [0.10, 0.30, 0.50, 0.70])
+    red_flag_start_step: int = 2000
+    red_flag_diagonal: float = 0.05  # flag 1: diagonality below this
+    red_flag_guided_term: float = 0.01  # flag 2: weight x guided loss below this
+    red_flag_max_attention: float = 0.1  # flag 3: every utterance's max attention below this
+    red_flag_band_share: float = 0.5  # flag 4: share of utterances with a horizontal band
+    red_flag_action: str = "remediate"  # remediate | stop | warn
+    red_flag_patience: int = 2000  # steps after remediation before a stop
+    remedy_guide_loss_weight: float = 5.0
+
+    # ------------------------------------------------------------------ methods
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "HParams":
+        """Rebuild from `to_dict()` output; unknown names are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise HParamsError(f"unknown hparam(s): {', '.join(unknown)}")
+        hp = cls(**{k: _coerce(k, _field_type(k), v) for k, v in values.items()})
+        hp.check()
+        return hp
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def replace(self, **changes: Any) -> "HParams":
+        hp = dataclasses.replace(self, **changes)
+        hp.check()
+        return hp
+
+    def differences(self, other: "HParams | None" = None) -> Dict[str, Any]:
+        """Names whose value differs from `other` (default: the plain defaults)."""
+        base = (other or HParams()).to_dict()
+        return {k: v for k, v in self.to_dict().items() if base[k] != v}
+
+    def check(self) -> None:
+        """Cross-field checks; raises HParamsError naming the field."""
+        def bad(name: str, why: str) -> None:
+            raise HParamsError(f"hparam {name}={getattr(self, name)!r}: {why}")
+
+        if self.preset not in PRESETS:
+            bad("preset", f"unknown preset; choose one of {', '.join(PRESETS)}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            bad("precision", "choose fp32, bf16 or fp16")
+        if self.lr_schedule not in ("plateau", "constant"):
+            bad("lr_schedule", "choose plateau or constant")
+        if self.red_flag_action not in ("remediate", "stop", "warn"):
+            bad("red_flag_action", "choose remediate, stop or warn")
+        if self.symbol_set not in ("english", "russian"):
+            bad("symbol_set", "choose english or russian")
+        for name in ("n_frames_per_step", "batch_size", "iters_per_validation",
+                     "iters_per_checkpoint", "iters_per_log", "sampling_rate", "hop_length",
+                     "filter_length", "win_length", "n_mel_channels", "max_decoder_steps"):
+            if getattr(self, name) < 1:
+                bad(name, "must be >= 1")
+        if self.win_length > self.filter_length:
+            bad("win_length", f"must not exceed filter_length={self.filter_length}")
+        if len(self.success_steps) != len(self.success_thresholds):
+            bad("success_thresholds", "needs one threshold per entry of success_steps")
+        if list(self.success_steps) != sorted(self.success_steps):
+            bad("success_steps", "must be in increasing order")
+        for name in ("p_attention_dropout", "p_decoder_dropout", "p_encoder_dropout",
+                     "p_postnet_dropout", "p_prenet_dropout", "curriculum_start_quantile"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                bad(name, "must be between 0 and 1")
+        if not 0.0 < self.guide_decay <= 1.0:
+            bad("guide_decay", "must be in (0, 1]")
+        if self.guide_sigma <= 0:
+            bad("guide_sigma", "must be > 0")
+        if not self.text_cleaners:
+            bad("text_cleaners", "name at least one cleaner")
+
+
+# Presets: changes applied on top of the defaults. `default` is the user's fixes on NVIDIA's model.
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "default": {},
+    # NVIDIA's original recipe: the baseline the benchmarks compare against.
+    "nvidia": {
+        "learning_rate": 1e-3, "lr_schedule": "constant", "p_attention_dropout": 0.5,
+        "p_decoder_dropout": 0.5, "p_encoder_dropout": 0.5, "p_postnet_dropout": 0.5,
+        "guide_loss_weight": 0.0, "batch_size": 64, "bucket_batches": False,
+    },
+    # Small enough to align on the shipped demo corpus on a laptop CPU in minutes.
+    "demo": {
+        "symbols_embedding_dim": 128, "encoder_embedding_dim": 128, "encoder_n_convolutions": 2,
+        "attention_rnn_dim": 256, "decoder_rnn_dim": 256, "prenet_dim": 64, "attention_dim": 64,
+        "attention_location_n_filters": 16, "postnet_embedding_dim": 128,
+        "postnet_n_convolutions": 3, "n_frames_per_step": 3, "batch_size": 16,
+        "learning_rate": 1e-3, "iters_per_validation": 100, "iters_per_checkpoint": 500,
+        "max_steps": 3000, "gate_positive_weight": 5.0, "max_decoder_steps": 400,
+        "red_flag_start_step": 600, "lr_patience_steps": 1000,
+        "success_steps": [200, 500, 1000, 2000], "success_thresholds": [0.10, 0.30, 0.50, 0.70],
+    },
+    # The same small model on the Russian demo corpus.
+    "demo_ru": {
+        "training_files": "filelists/demo_ru_train.txt",
+        "validation_files": "filelists/demo_ru_val.txt",
+        "text_cleaners": ["russian_cleaners"], "symbol_set": "russian",
+    },
+    # For tests: a model of a few thousand parameters that trains a step in milliseconds.
+    "tiny": {
+        "symbols_embedding_dim": 16, "encoder_embedding_dim": 16, "encoder_n_convolutions": 1,
+        "encoder_kernel_size": 3, "attention_rnn_dim": 32, "decoder_rnn_dim": 32,
+        "prenet_dim": 16, "attention_dim": 16, "attention_location_n_filters": 4,
+        "attention_location_kernel_size": 7, "postnet_embedding_dim": 16,
+        "postnet_n_convolutions": 2, "postnet_kernel_size": 3, "n_mel_channels": 20,
+        "batch_size": 4, "iters_per_validation": 5, "iters_per_checkpoint": 5, "iters_per_log": 1,
+        "max_decoder_steps": 50, "max_steps": 10, "red_flag_start_step": 5,
+        "free_running_items": 2, "mel_cache": False,
+    },
+}
+# demo_ru builds on demo.
+PRESETS["demo_ru"] = {**PRESETS["demo"], **PRESETS["demo_ru"]}
+
+
+def _field_type(name: str) -> Any:
+    hints = typing.get_type_hints(HParams)
+    if name not in hints:
+        raise HParamsError(
+            f"unknown hparam {name!r}; see hparams.py for the names")
+    return hints[name]
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _coerce(name: str, typ: Any, value: Any) -> Any:
+    """Converts `value` (a string from the command line, or a JSON value) to the field's type."""
+    origin = typing.get_origin(typ)
+    try:
+        if origin in (list, List):
+            (item_type,) = typing.get_args(typ)
+            if isinstance(value, str):
+                text = value.strip()
+                if text.startswith("["):
+                    text = text[1:-1] if text.endswith("]") else text[1:]
+                items = [s.strip().strip("'\"") for s in text.replace(";", " ").replace(",", " ").split()]
+                value = [s for s in items if s]
+            if not isinstance(value, (list, tuple)):
+                raise ValueError("expected a list")
+            return [_coerce(name, item_type, v) for v in value]
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError("expected true or false")
+        if typ is int:
+            if isinstance(value, bool):
+                raise ValueError("expected an integer")
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError("expected an integer")
+                return int(value)
+            text = str(value).strip()
+            try:
+                return int(text)
+            except ValueError:
+                as_float = float(text)  # accept 1e4
+                if not as_float.is_integer():
+                    raise
+                return int(as_float)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            return float(value)
+        if typ is str:
+            return str(value).strip().strip("'\"") if isinstance(value, str) else str(value)
+    except (ValueError, TypeError) as err:
+        raise HParamsError(f"bad value for hparam {name}: {value!r} ({err})") from None
+    raise HParamsError(f"hparam {name} has an unsupported type {typ}")
+
+
+def _split_overrides(text: str) -> List[str]:
+    """Splits "a=1,b=[1,2],c=x" at the commas that are not inside brackets."""
+    parts, depth, current = [], 0, []
+    for ch in text:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_overrides(text: str | None) -> Dict[str, Any]:
+    """Parses "a=1,b=2" into coerced values, in order; raises HParamsError naming a bad pair.
+
+    A list value takes brackets, "success_steps=[100,200]", or semicolons, "success_steps=100;200".
+    """
+    values: Dict[str, Any] = {}
+    for pair in _split_overrides(text or ""):
+        if "=" not in pair:
+            raise HParamsError(f"bad hparams entry {pair!r}: expected name=value")
+        name, value = (s.strip() for s in pair.split("=", 1))
+        values[name] = _coerce(name, _field_type(name), value)
+    return values
+
+
+def create_hparams(text: str | None = None, base: HParams | None = None) -> HParams:
+    """Defaults (or `base`), then the preset named in `text`, then the other names in `text`."""
+    overrides = parse_overrides(text)
+    values = (base or HParams()).to_dict()
+    preset = overrides.get("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise HParamsError(
+                f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        values.update(PRESETS[preset])
+        values["preset"] = preset
+    values.update({k: v for k, v in overrides.items() if k != "preset"})
+    return HParams.from_dict(values)
