@@ -47,7 +47,7 @@ class HParams:
     mel_cache: bool = True  # cache mels on disk in <run folder>/mel_cache
     num_workers: int = 0  # DataLoader workers
     bucket_batches: bool = True  # batches of similar mel length
-    bucket_size_multiplier: int = 8  # a bucket holds this many batches before it is split
+    bucket_size_multiplier: int = 32  # a bucket holds this many batches before it is split
     min_audio_seconds: float = 0.3  # data check: shorter is a warning
     max_audio_seconds: float = 20.0  # data check: longer is a warning
 
@@ -223,7 +223,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "attention_location_kernel_size": 7, "postnet_embedding_dim": 16,
         "postnet_n_convolutions": 2, "postnet_kernel_size": 3, "n_mel_channels": 20,
         "batch_size": 4, "iters_per_validation": 5, "iters_per_checkpoint": 5, "iters_per_log": 1,
-        "max_decoder_steps": 50, "max_steps": 10, "red_flag_start_step": 5,
+        "max_decoder_steps": 50, "max_steps": 10,
         "free_running_items": 2, "mel_cache": False,
     },
 }

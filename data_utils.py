@@ -1,0 +1,501 @@
+"""Filelists, the text-mel dataset with its on-disk mel cache, batching and batch samplers.
+
+A filelist is NVIDIA's: UTF-8, one `audio_path|text` (or `audio_path|text|speaker`) per line.
+Every error names the filelist and the line, so a bad line in a 13,000-line list is found at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import tempfile
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from audio import (AUDIO_HPARAMS, AudioError, audio_info, mel_from_file,
+                   sample_rate_message)
+from text import ArpabetError, UnknownCharacterError, text_to_sequence
+
+# Bumped when the mel recipe changes in a way the hparams do not show, so old caches go stale.
+_MEL_CACHE_FORMAT = 1
+
+
+class DataError(ValueError):
+    """A bad filelist line or audio file; the message starts with "<filelist>:<line>: "."""
+
+
+class FilelistEntry(NamedTuple):
+    audio_path: str  # absolute, resolved
+    text: str
+    speaker: Optional[str]
+    filelist: str  # the filelist as given, for error messages
+    line: int  # 1-based
+
+
+# ---------------------------------------------------------------------------- filelists
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def _audio_candidates(audio: str, filelist: str, data_root: str) -> List[str]:
+    """Where a filelist's audio path may live, in the order they are tried."""
+    audio = os.path.expanduser(audio)
+    if os.path.isabs(audio):
+        return [audio]
+    if data_root:
+        return [os.path.abspath(os.path.join(os.path.expanduser(data_root), audio))]
+    candidates = [os.path.join(os.path.dirname(os.path.abspath(filelist)), audio),
+                  os.path.abspath(audio)]
+    return list(dict.fromkeys(candidates))  # the two coincide when the filelist is in the cwd
+
+
+def read_filelist(path: str | os.PathLike, data_root: str = "",
+                  check_exists: bool = True) -> List[FilelistEntry]:
+    """Parses a filelist.
+
+    Blank lines and lines starting with '#' are skipped; a UTF-8 byte-order mark is accepted.
+    Relative audio paths resolve against `data_root` when given, else against the filelist's
+    folder and then the current directory (the first that exists).
+
+    Args:
+        path: the filelist.
+        data_root: folder for relative audio paths; "" = the filelist's folder, then the cwd.
+        check_exists: raise on an audio file that does not exist.
+
+    Returns:
+        one FilelistEntry per utterance, in file order.
+
+    Raises:
+        DataError: "<filelist>:<line>: ..." for a line that is not UTF-8, has the wrong number
+            of '|' fields, an empty path, text or speaker, or names a missing audio file;
+            "<filelist>: ..." for a missing, unreadable or empty filelist.
+    """
+    filelist = os.fspath(path)
+    try:
+        with open(filelist, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise DataError(f"{filelist}: no such filelist") from None
+    except OSError as err:
+        raise DataError(f"{filelist}: cannot read filelist: {_one_line(err)}") from None
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark some editors write
+        raw = raw[3:]
+
+    entries: List[FilelistEntry] = []
+    for number, raw_line in enumerate(raw.split(b"\n"), start=1):
+        where = f"{filelist}:{number}"
+        try:
+            line = raw_line.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{where}: not UTF-8 ({err.reason} at byte {err.start}); "
+                            f"save the filelist as UTF-8") from None
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.split("|")
+        if len(fields) not in (2, 3):
+            raise DataError(f"{where}: expected 'audio_path|text' or 'audio_path|text|speaker', "
+                            f"found {len(fields)} field(s) separated by '|'")
+        audio, text = fields[0].strip(), fields[1].strip()
+        speaker = fields[2].strip() if len(fields) == 3 else None
+        if not audio:
+            raise DataError(f"{where}: empty audio path")
+        if not text:
+            raise DataError(f"{where}: empty text for {audio}")
+        if speaker == "":
+            raise DataError(f"{where}: empty speaker name after the second '|'")
+        candidates = _audio_candidates(audio, filelist, data_root)
+        found = next((c for c in candidates if os.path.isfile(c)), None)
+        if found is None and check_exists:
+            hint = (" (NVIDIA filelists say DUMMY/: set data_root to your wav folder and drop "
+                    "the prefix, or link DUMMY to it)" if "DUMMY" in audio else "")
+            raise DataError(f"{where}: audio file {audio} not found; looked for "
+                            f"{' and '.join(candidates)}{hint}")
+        entries.append(FilelistEntry(os.path.abspath(found or candidates[0]), text, speaker,
+                                     filelist, number))
+    if not entries:
+        raise DataError(f"{filelist}: the filelist holds no utterances")
+    return entries
+
+
+# ---------------------------------------------------------------------------- dataset
+
+def mel_cache_key(audio_path: str, hp) -> str:
+    """Hash of the file's identity (absolute path, size, mtime) and every audio hparam.
+
+    Any change to the file or to a setting that decides the mel's values gives a new key, so a
+    cached mel is never used for settings it was not made with.
+    """
+    stat = os.stat(audio_path)
+    payload = {"path": os.path.abspath(audio_path), "size": stat.st_size,
+               "mtime_ns": stat.st_mtime_ns, "format": _MEL_CACHE_FORMAT}
+    payload.update({name: getattr(hp, name) for name in AUDIO_HPARAMS})
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:32]
+
+
+def _save_npy_atomic(path: str, array: np.ndarray) -> None:
+    # Written beside the target and renamed: a crash or a second worker writing the same key
+    # never leaves a torn file under the final name.
+    folder = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npy")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class TextMelDataset(Dataset):
+    """(text ids, log-mel) pairs of a filelist.
+
+    Texts are converted once here, so a character outside the symbol set is reported before
+    training starts; audio headers are checked here too (sample rate, length) without decoding.
+
+    Attributes:
+        text_lengths: list[int], symbols per item.
+        mel_lengths_estimate: list[int], 1 + samples // hop_length from the header (an upper
+            bound when trim_silence is on), for length-bucketing samplers.
+        speaker_names: sorted speaker names (empty when the filelist has none).
+    """
+
+    def __init__(self, entries: Sequence[FilelistEntry], hp, cache_dir: Optional[str] = None,
+                 return_speakers: bool = False):
+        """
+        Args:
+            entries: from `read_filelist`.
+            hp: HParams (text_cleaners, symbol_set, drop_unknown_chars and the audio fields).
+            cache_dir: folder for cached mels (.npy); None = compute every time.
+            return_speakers: items become (ids, mel, speaker index); every entry needs a speaker.
+
+        Raises:
+            DataError: "<filelist>:<line>: ..." for an unknown character, a text that cleans to
+                nothing, an unreadable audio header, a wrong sample rate or a clip too short
+                for the STFT, or a missing speaker when `return_speakers`.
+        """
+        self.entries = list(entries)
+        self.hp = hp
+        self.cache_dir = os.fspath(cache_dir) if cache_dir else None
+        self.return_speakers = return_speakers
+        if self.cache_dir:
+            os.makedirs(self.cache_dir, exist_ok=True)
+        self.sequences: List[List[int]] = [self._encode(e) for e in self.entries]
+        self.text_lengths: List[int] = [len(s) for s in self.sequences]
+        self.mel_lengths_estimate: List[int] = [self._frames_from_header(e) for e in self.entries]
+        self.speaker_names: List[str] = sorted({e.speaker for e in self.entries if e.speaker})
+        self._speaker_index = {name: i for i, name in enumerate(self.speaker_names)}
+        if return_speakers:
+            for e in self.entries:
+                if e.speaker is None:
+                    raise DataError(f"{e.filelist}:{e.line}: no speaker (expected "
+                                    f"'audio_path|text|speaker')")
+
+    def _encode(self, entry: FilelistEntry) -> List[int]:
+        try:
+            ids = text_to_sequence(entry.text, list(self.hp.text_cleaners), self.hp.symbol_set,
+                                   self.hp.drop_unknown_chars)
+        except UnknownCharacterError as err:
+            raise DataError(f"{entry.filelist}:{entry.line}: {_one_line(err)}") from None
+        except ArpabetError as err:
+            raise DataError(f"{entry.filelist}:{entry.line}: {_one_line(err)}") from None
+        if not ids:
+            raise DataError(f"{entry.filelist}:{entry.line}: the text {entry.text!r} is empty "
+                            f"after cleaning")
+        return list(ids)
+
+    def _frames_from_header(self, entry: FilelistEntry) -> int:
+        where = f"{entry.filelist}:{entry.line}"
+        try:
+            sr, n_samples, _ = audio_info(entry.audio_path)
+        except AudioError as err:
+            raise DataError(f"{where}: {err}") from None
+        if sr != self.hp.sampling_rate:
+            raise DataError(f"{where}: "
+                            f"{sample_rate_message(entry.audio_path, sr, self.hp.sampling_rate)}")
+        if n_samples <= self.hp.filter_length // 2:
+            raise DataError(f"{where}: {entry.audio_path}: {n_samples} samples is too short "
+                            f"(need more than filter_length // 2 = {self.hp.filter_length // 2})")
+        return 1 + n_samples // self.hp.hop_length
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def cache_path(self, index: int) -> Optional[str]:
+        """The .npy file that holds (or will hold) item `index`'s mel; None without a cache."""
+        if not self.cache_dir:
+            return None
+        entry = self.entries[index]
+        stem = os.path.splitext(os.path.basename(entry.audio_path))[0]
+        key = mel_cache_key(entry.audio_path, self.hp)
+        return os.path.join(self.cache_dir, f"{stem}-{key}.npy")
+
+    def get_mel(self, index: int) -> torch.Tensor:
+        """float32 (n_mel, frames) of item `index`, from the cache when it holds it."""
+        entry = self.entries[index]
+        try:
+            cached = self.cache_path(index)
+        except OSError as err:  # the file vanished since the filelist was read
+            raise DataError(f"{entry.filelist}:{entry.line}: {entry.audio_path}: "
+                            f"{_one_line(err)}") from None
+        if cached and os.path.isfile(cached):
+            try:
+                mel = np.load(cached, allow_pickle=False)
+            except (OSError, ValueError, EOFError):
+                mel = None  # damaged outside our atomic writes: recompute and overwrite it
+            if mel is not None and mel.ndim == 2 and mel.shape[0] == self.hp.n_mel_channels:
+                return torch.from_numpy(mel)
+        try:
+            mel = mel_from_file(entry.audio_path, self.hp)
+        except AudioError as err:
+            raise DataError(f"{entry.filelist}:{entry.line}: {err}") from None
+        if cached:
+            _save_npy_atomic(cached, mel.numpy())
+        return mel
+
+    def __getitem__(self, index: int):
+        """(LongTensor (N,), FloatTensor (n_mel, T)), plus the speaker index when asked."""
+        ids = torch.tensor(self.sequences[index], dtype=torch.long)
+        mel = self.get_mel(index)
+        if self.return_speakers:
+            return ids, mel, self._speaker_index[self.entries[index].speaker]
+        return ids, mel
+
+
+# ---------------------------------------------------------------------------- batches
+
+class Batch(NamedTuple):
+    text: torch.Tensor  # Long (B, N_max), padded with 0 (the pad symbol)
+    text_lengths: torch.Tensor  # Long (B,), descending
+    mel: torch.Tensor  # Float (B, n_mel, T_max), T_max a multiple of r, padded with 0.0
+    gate: torch.Tensor  # Float (B, T_max): 1 from frame mel_len - 1 on
+    mel_lengths: torch.Tensor  # Long (B,), true lengths
+    speakers: Optional[torch.Tensor]  # Long (B,) or None
+
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        return Batch(*(None if t is None else t.to(device, non_blocking=non_blocking)
+                       for t in self))
+
+
+class TextMelCollate:
+    """Pads a list of dataset items into a `Batch`, sorted by text length (longest first)."""
+
+    def __init__(self, n_frames_per_step: int):
+        if n_frames_per_step < 1:
+            raise ValueError(f"n_frames_per_step must be >= 1, got {n_frames_per_step}")
+        self.n_frames_per_step = n_frames_per_step
+
+    def __call__(self, items) -> Batch:
+        """
+        Args:
+            items: list of (ids Long (N,), mel Float (n_mel, T)) or (ids, mel, speaker index).
+
+        Returns:
+            Batch; the gate target is 0 before the last real frame and 1 from it onward,
+            padding included, as NVIDIA's.
+        """
+        n_mel = items[0][1].shape[0]
+        for ids, mel, *_ in items:
+            if mel.dim() != 2 or mel.shape[0] != n_mel:
+                raise ValueError(f"mels in a batch must be (n_mel={n_mel}, T), got "
+                                 f"{tuple(mel.shape)}")
+        text_lengths, order = torch.sort(torch.tensor([len(it[0]) for it in items]),
+                                         descending=True, stable=True)
+        order = order.tolist()
+        mel_lengths = torch.tensor([items[i][1].shape[1] for i in order], dtype=torch.long)
+        r = self.n_frames_per_step
+        t_max = -(-int(mel_lengths.max()) // r) * r  # rounded up to a multiple of r
+
+        text = torch.zeros(len(items), int(text_lengths[0]), dtype=torch.long)
+        mel = torch.zeros(len(items), n_mel, t_max, dtype=torch.float32)
+        gate = torch.zeros(len(items), t_max, dtype=torch.float32)
+        for row, i in enumerate(order):
+            ids, item_mel = items[i][0], items[i][1]
+            text[row, :len(ids)] = ids
+            mel[row, :, :item_mel.shape[1]] = item_mel
+            gate[row, item_mel.shape[1] - 1:] = 1.0
+        speakers = None
+        if len(items[0]) > 2:
+            speakers = torch.tensor([int(items[i][2]) for i in order], dtype=torch.long)
+        return Batch(text, text_lengths.long(), mel, gate, mel_lengths, speakers)
+
+
+# ---------------------------------------------------------------------------- samplers
+
+def padding_share(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:
+    """Share of the padded (batch x longest) area that is padding, over all `batches`."""
+    lengths = np.asarray(lengths)
+    padded = real = 0
+    for batch in batches:
+        item_lengths = lengths[np.asarray(batch, dtype=np.int64)]
+        padded += int(item_lengths.max()) * len(item_lengths)
+        real += int(item_lengths.sum())
+    return 0.0 if padded == 0 else 1.0 - real / padded
+
+
+def curriculum_max_text_length(step: int, hp, text_lengths: Sequence[int]) -> Optional[int]:
+    """The longest text offered at `step` under curriculum learning; None = every text.
+
+    The offered share of the training texts (by length quantile) grows linearly from
+    hp.curriculum_start_quantile at step 0 to all of them at hp.curriculum_steps.
+    """
+    if not hp.curriculum or hp.curriculum_steps <= 0 or step >= hp.curriculum_steps:
+        return None
+    share = hp.curriculum_start_quantile + (1.0 - hp.curriculum_start_quantile) * (
+        step / hp.curriculum_steps)
+    return int(np.quantile(np.asarray(text_lengths), min(share, 1.0), method="higher"))
+
+
+class LengthBucketSampler:
+    """Batch sampler: batches of similar length, shuffled, seeded, shardable across ranks.
+
+    Each epoch the offered items are shuffled (seed + epoch), cut into pools of
+    `bucket_size_multiplier * batch_size`, each pool sorted by length and split into batches,
+    and the batches shuffled. Every offered item appears exactly once per epoch (one replica).
+    With `num_replicas > 1` every rank builds the same batch list and takes every
+    `num_replicas`-th batch starting at `rank`; the list is first padded by repeating batches from
+    its start (or cut, with drop_last) so every rank gets the same number.
+    `bucket=False` skips the sorting: plain random batches, for comparison.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True,
+                 seed: int = 0, num_replicas: int = 1, rank: int = 0,
+                 bucket_size_multiplier: int = 8, drop_last: bool = False, bucket: bool = True,
+                 text_lengths: Optional[Sequence[int]] = None):
+        """
+        Args:
+            lengths: one length per dataset item (mel frames), for bucketing.
+            text_lengths: per item, for `set_max_text_length` (curriculum).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} outside 0..{num_replicas - 1}")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.text_lengths = None if text_lengths is None else np.asarray(text_lengths, np.int64)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.bucket_size_multiplier = max(1, bucket_size_multiplier)
+        self.drop_last = drop_last
+        self.bucket = bucket
+        self.epoch = 0
+        self.allowed: Optional[np.ndarray] = None  # None = every item
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_allowed(self, indices: Optional[Sequence[int]]) -> None:
+        """Offer only these item indices from the next epoch on; None = every item."""
+        self.allowed = None if indices is None else np.unique(np.asarray(indices, np.int64))
+
+    def set_max_text_length(self, cap: Optional[int],
+                            text_lengths: Optional[Sequence[int]] = None) -> int:
+        """Curriculum: offer only items whose text length is <= cap (None = every item).
+
+        When fewer than batch_size * num_replicas items fit, the shortest that many are offered
+        instead, so an epoch is never empty.
+
+        Returns:
+            the number of items offered.
+        """
+        if cap is None:
+            self.allowed = None
+            return len(self.lengths)
+        lengths = self.text_lengths if text_lengths is None else np.asarray(text_lengths, np.int64)
+        if lengths is None:
+            raise ValueError("set_max_text_length needs text_lengths (here or in the constructor)")
+        allowed = np.flatnonzero(lengths <= cap)
+        least = min(len(lengths), self.batch_size * self.num_replicas)
+        if len(allowed) < least:
+            allowed = np.sort(np.argsort(lengths, kind="stable")[:least])
+        self.allowed = allowed
+        return len(allowed)
+
+    def _offered(self) -> np.ndarray:
+        return np.arange(len(self.lengths)) if self.allowed is None else self.allowed
+
+    def epoch_batches(self) -> List[List[int]]:
+        """Every batch of this epoch, all ranks together, in order."""
+        rng = np.random.default_rng(self.seed + self.epoch)
+        items = self._offered()
+        if self.shuffle:
+            items = rng.permutation(items)
+        size = self.batch_size
+        batches: List[List[int]] = []
+        pool_size = size * self.bucket_size_multiplier if self.bucket else len(items) or 1
+        for start in range(0, len(items), pool_size):
+            pool = items[start:start + pool_size]
+            if self.bucket:
+                pool = pool[np.argsort(self.lengths[pool], kind="stable")]
+            batches.extend(pool[i:i + size].tolist() for i in range(0, len(pool), size))
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == size]
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def _rank_share(self, batches: List[List[int]]) -> List[List[int]]:
+        replicas = self.num_replicas
+        if replicas == 1:
+            return batches
+        if self.drop_last:
+            batches = batches[:len(batches) // replicas * replicas]
+        elif batches:
+            total = math.ceil(len(batches) / replicas) * replicas
+            batches = [batches[i % len(batches)] for i in range(total)]
+        return batches[self.rank::replicas]
+
+    def __iter__(self) -> Iterator[List[int]]:
+        return iter(self._rank_share(self.epoch_batches()))
+
+    def __len__(self) -> int:
+        n = len(self._offered())
+        batches = n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        if self.num_replicas == 1:
+            return batches
+        if self.drop_last:
+            return batches // self.num_replicas
+        return math.ceil(batches / self.num_replicas)
+
+
+# ---------------------------------------------------------------------------- loaders
+
+def prepare_dataloaders(hp, run_dir: Optional[str] = None, rank: int = 0, world_size: int = 1
+                        ) -> Tuple[DataLoader, DataLoader, TextMelDataset, TextMelDataset]:
+    """Datasets and loaders of hp.training_files and hp.validation_files.
+
+    The training loader's batch_sampler is a `LengthBucketSampler` (length buckets when
+    hp.bucket_batches, plain random batches otherwise; `rank`'s share under DDP): call its
+    `set_epoch(epoch)` each epoch and `set_max_text_length` for curriculum learning. The
+    validation loader is unshuffled and unsharded (every rank sees every item).
+
+    Args:
+        run_dir: the run folder; mels are cached in <run_dir>/mel_cache when hp.mel_cache.
+
+    Returns:
+        (train_loader, val_loader, train_set, val_set)
+    """
+    cache_dir = os.path.join(run_dir, "mel_cache") if (hp.mel_cache and run_dir) else None
+    train_set = TextMelDataset(read_filelist(hp.training_files, hp.data_root), hp, cache_dir)
+    val_set = TextMelDataset(read_filelist(hp.validation_files, hp.data_root), hp, cache_dir)
+    collate = TextMelCollate(hp.n_frames_per_step)
+    sampler = LengthBucketSampler(
+        train_set.mel_lengths_estimate, hp.batch_size, shuffle=True, seed=hp.seed,
+        num_replicas=world_size, rank=rank, bucket_size_multiplier=hp.bucket_size_multiplier,
+        bucket=hp.bucket_batches, text_lengths=train_set.text_lengths)
+    pin = torch.cuda.is_available()
+    workers = dict(num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
+    train_loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate,
+                              pin_memory=pin, **workers)
+    val_loader = DataLoader(val_set, batch_size=hp.batch_size, shuffle=False,
+                            collate_fn=collate, pin_memory=pin, **workers)
+    return train_loader, val_loader, train_set, val_set

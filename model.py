@@ -1,0 +1,644 @@
+"""Tacotron 2 with NVIDIA's state_dict names and a decoder step built for speed.
+
+The module tree and parameter names are NVIDIA's (`embedding`, `encoder.convolutions.i.0.conv`,
+`decoder.attention_rnn`, `decoder.attention_layer.location_layer.location_conv`, ...), so their
+published checkpoints load as they are. What differs is how the decoder runs:
+
+* One `Decoder.decode_step(step_input, state, memory_context)` serves teacher-forced training and
+  free-running inference. The state is an explicit `DecoderState` value, not attributes on `self`.
+* Work that does not depend on the step is done once per batch (`MemoryContext`): the memory
+  projection, the text mask, the concatenated LSTM weights, and the location layer folded into a
+  single convolution (conv and dense are both linear and bias-free, so `dense(conv(x))` is one
+  convolution with kernel `dense.weight @ conv.weight`).
+* In teacher forcing the prenet and the prenet part of the attention LSTM's input product run for
+  all steps in one matrix product before the loop (`Decoder.input_gates`), and the weight
+  gradients of the three per-step products (attention LSTM, decoder LSTM, projection) are formed
+  in backward as one large product over all steps (`_StepwiseWeightGrad`) instead of one thin
+  product per step.
+* The LSTM cells are written out on the registered `nn.LSTMCell` parameters, with the cell state
+  in float32 under autocast; attention scores are masked with a finite value and normalised in
+  float32, so bf16/fp16 autocast stays finite.
+* Text padding is masked everywhere it could leak (encoder convolutions, attention), and the
+  postnet sees zeros beyond each item's length, so a padded batch gives each item the result it
+  gets alone.
+"""
+from __future__ import annotations
+
+from math import sqrt
+from typing import Callable, List, NamedTuple, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from commons import sequence_mask
+from hparams import HParams
+from layers import ConvNorm, LinearNorm
+from text.symbols import get_symbols
+
+# Gate logit written into padded frames: sigmoid(1e3) = 1, "stopped" (NVIDIA's value).
+PADDED_GATE_LOGIT = 1e3
+
+
+class Tacotron2Output(NamedTuple):
+    """Teacher-forced outputs (padded frames masked when `hp.mask_padding`)."""
+    mel: torch.Tensor  # (B, n_mel, T) decoder output
+    mel_postnet: torch.Tensor  # (B, n_mel, T) after the postnet residual
+    gate: torch.Tensor  # (B, T) stop logits
+    alignments: torch.Tensor  # (B, ceil(T / r), N) attention weights per decoder step
+
+
+class InferenceOutput(NamedTuple):
+    """Free-running outputs, padded beyond each item's length (mel 0, gate 1e3, attention 0)."""
+    mel: torch.Tensor  # (B, n_mel, T) with T = steps * r
+    mel_postnet: torch.Tensor  # (B, n_mel, T)
+    gate: torch.Tensor  # (B, T) stop logits
+    alignments: torch.Tensor  # (B, steps, N)
+    mel_lengths: torch.Tensor  # Long (B,), a multiple of r
+    hit_max_steps: torch.Tensor  # Bool (B,): the gate never fired within max_decoder_steps
+
+
+class DecoderState(NamedTuple):
+    """Recurrent state between decoder steps. LSTM states are float32 (float64 for a double model)."""
+    attention_hidden: torch.Tensor  # (B, attention_rnn_dim)
+    attention_cell: torch.Tensor  # (B, attention_rnn_dim)
+    decoder_hidden: torch.Tensor  # (B, decoder_rnn_dim)
+    decoder_cell: torch.Tensor  # (B, decoder_rnn_dim)
+    attention_weights: torch.Tensor  # (B, N) previous step's attention
+    attention_weights_cum: torch.Tensor  # (B, N) sum of all previous attentions
+    attention_context: torch.Tensor  # (B, encoder_embedding_dim)
+
+
+class StepInput(NamedTuple):
+    """Per-step additive terms of the three products in `Decoder.decode_step`."""
+    attention_gates: torch.Tensor  # (B, 4 H_att) prenet part of the attention LSTM + its biases
+    decoder_bias: torch.Tensor  # (B, 4 H_dec) or (4 H_dec,): decoder LSTM biases
+    output_bias: torch.Tensor  # (B, n_mel r + r) or (n_mel r + r,): projection and gate biases
+
+
+class MemoryContext(NamedTuple):
+    """Everything the decoder step needs that is fixed for a batch; built once per batch."""
+    memory: torch.Tensor  # (B, N, E) encoder outputs
+    processed_memory: torch.Tensor  # (B, A, N) memory_layer(memory), channels first
+    pad_mask: torch.Tensor  # Bool (B, 1, N): True on padded tokens
+    mask_value: float  # finite score for padded tokens (finfo.min of the score dtype)
+    score_dtype: torch.dtype  # attention softmax and LSTM cell states: float32 or float64
+    attention_rnn_weight_t: torch.Tensor  # (E + H_att, 4 H_att): [W_ih context cols | W_hh]^T
+    query_weight_t: torch.Tensor  # (H_att, A)
+    location_weight: torch.Tensor  # (A, 2, K): location_dense folded into location_conv
+    v_weight: torch.Tensor  # (1, A)
+    decoder_rnn_weight_t: torch.Tensor  # (H_att + E + H_dec, 4 H_dec): [W_ih | W_hh]^T
+    decoder_rnn_bias: torch.Tensor  # (4 H_dec,) b_ih + b_hh
+    output_weight_t: torch.Tensor  # (H_dec + E, n_mel r + r): [projection; gate]^T
+    output_bias: torch.Tensor  # (n_mel r + r,)
+    # Teacher forcing with autograd: the three weights above are detached, `decode_step` appends
+    # the inputs of its products here, and `_StepwiseWeightGrad` forms their gradients. Else None.
+    step_inputs: Optional[Tuple[list, list, list]]
+    live_weights: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # the undetached ones
+
+
+class _StepwiseWeightGrad(torch.autograd.Function):
+    """Identity on a stack of per-step additive terms that also carries a weight's gradient.
+
+    The decoder loop computes `addmm(base[s], x_s, weight.detach().t())` at each step s and
+    appends `x_s.detach()` to `inputs`. The gradient reaching `base` is then every step's
+    pre-activation gradient G (S, B, out), and the weight's gradient is one product
+    `G.reshape(-1, out)^T @ X.reshape(-1, in)`, instead of S thin (K = B) products and S
+    gradient accumulations.
+    """
+
+    @staticmethod
+    def forward(ctx, base: torch.Tensor, weight: torch.Tensor, inputs: list) -> torch.Tensor:
+        ctx.inputs = inputs  # detached tensors only: no reference cycle through the graph
+        ctx.weight_dtype = weight.dtype
+        return base.view_as(base)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            x = torch.stack(ctx.inputs)  # (S, B, in)
+            dtype = torch.float64 if ctx.weight_dtype == torch.float64 else torch.float32
+            g = grad.reshape(-1, grad.shape[-1]).to(dtype)  # (S B, out)
+            grad_weight = (g.t() @ x.reshape(-1, x.shape[-1]).to(dtype)).to(ctx.weight_dtype)
+        return grad, grad_weight, None
+
+
+def _autocast_cast(t: torch.Tensor) -> torch.Tensor:
+    """Casts a per-batch derived weight to the autocast dtype once, instead of once per step.
+
+    Autocast caches casts of leaf parameters only; a weight built from them (a concatenation)
+    would otherwise be cast again at every decoder step.
+    """
+    device_type = t.device.type
+    if torch.is_autocast_enabled(device_type):
+        return t.to(torch.get_autocast_dtype(device_type))
+    return t
+
+
+def _lstm_cell(gates: torch.Tensor, cell: torch.Tensor) -> tuple:
+    """LSTM cell update from pre-activation gates in PyTorch's (i, f, g, o) order.
+
+    Args:
+        gates: (B, 4H) `x W_ih^T + h W_hh^T + b_ih + b_hh`, possibly bf16/fp16 under autocast.
+        cell: (B, H) previous cell state in float32 (or float64).
+
+    Returns:
+        (hidden, cell), both (B, H) in the dtype of `cell`.
+    """
+    gates = gates.to(cell.dtype)  # the cell state accumulates over hundreds of steps: keep fp32
+    i, f, g, o = gates.chunk(4, 1)
+    cell = torch.addcmul(torch.sigmoid(f) * cell, torch.sigmoid(i), torch.tanh(g))
+    hidden = torch.sigmoid(o) * torch.tanh(cell)
+    return hidden, cell
+
+
+class LocationLayer(nn.Module):
+    """Location features of the previous and cumulative attention (NVIDIA names)."""
+
+    def __init__(self, attention_n_filters: int, attention_kernel_size: int,
+                 attention_dim: int) -> None:
+        super().__init__()
+        self.location_conv = ConvNorm(2, attention_n_filters, kernel_size=attention_kernel_size,
+                                      bias=False)
+        self.location_dense = LinearNorm(attention_n_filters, attention_dim, bias=False,
+                                         w_init_gain="tanh")
+
+    def folded_weight(self) -> torch.Tensor:
+        """The conv and the dense layer as one convolution kernel.
+
+        Returns:
+            (attention_dim, 2, kernel_size): `dense.weight @ conv.weight` over the filters.
+        """
+        conv = self.location_conv.conv.weight  # (F, 2, K)
+        dense = self.location_dense.linear_layer.weight  # (A, F)
+        # (A, F) @ (F, 2K) -> (A, 2K) -> (A, 2, K)
+        return (dense @ conv.flatten(1)).view(dense.shape[0], 2, conv.shape[-1])
+
+    def forward(self, attention_weights_cat: torch.Tensor) -> torch.Tensor:
+        """The unfolded computation: (B, 2, N) -> (B, N, attention_dim)."""
+        processed = self.location_conv(attention_weights_cat)  # (B, F, N)
+        return self.location_dense(processed.transpose(1, 2))  # (B, F, N) -> (B, N, F) -> (B, N, A)
+
+
+class Attention(nn.Module):
+    """Location-sensitive attention parameters (NVIDIA names); the step math is in `Decoder`."""
+
+    def __init__(self, attention_rnn_dim: int, embedding_dim: int, attention_dim: int,
+                 attention_location_n_filters: int, attention_location_kernel_size: int) -> None:
+        super().__init__()
+        self.query_layer = LinearNorm(attention_rnn_dim, attention_dim, bias=False,
+                                      w_init_gain="tanh")
+        self.memory_layer = LinearNorm(embedding_dim, attention_dim, bias=False,
+                                       w_init_gain="tanh")
+        self.v = LinearNorm(attention_dim, 1, bias=False)
+        self.location_layer = LocationLayer(attention_location_n_filters,
+                                            attention_location_kernel_size, attention_dim)
+
+
+class Prenet(nn.Module):
+    """Two ReLU layers without bias; dropout stays on at inference (as in the paper)."""
+
+    def __init__(self, in_dim: int, sizes: List[int], p_dropout: float) -> None:
+        super().__init__()
+        in_sizes = [in_dim] + sizes[:-1]
+        self.layers = nn.ModuleList(
+            [LinearNorm(i, o, bias=False) for i, o in zip(in_sizes, sizes)])
+        self.p_dropout = p_dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in_dim) -> (..., sizes[-1])."""
+        for linear in self.layers:
+            x = F.relu(linear(x))
+            if self.p_dropout > 0:  # p = 0 means identity, not an RNG call
+                x = F.dropout(x, p=self.p_dropout, training=True)
+        return x
+
+
+class Postnet(nn.Module):
+    """Five 1-D convolutions with BatchNorm predicting a residual for the decoder's mel."""
+
+    def __init__(self, hp: HParams) -> None:
+        super().__init__()
+        n_mel, dim, k = hp.n_mel_channels, hp.postnet_embedding_dim, hp.postnet_kernel_size
+        # NVIDIA's layout: first (n_mel -> dim), n - 2 middle (dim -> dim), last (dim -> n_mel).
+        shapes = [(n_mel, dim, "tanh")]
+        shapes += [(dim, dim, "tanh")] * (hp.postnet_n_convolutions - 2)
+        shapes += [(dim, n_mel, "linear")]
+        self.convolutions = nn.ModuleList([
+            nn.Sequential(ConvNorm(i, o, kernel_size=k, w_init_gain=gain), nn.BatchNorm1d(o))
+            for i, o, gain in shapes])
+        self.p_dropout = hp.p_postnet_dropout
+
+    def forward(self, x: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Residual for the mel.
+
+        Args:
+            x: (B, n_mel, T) decoder mel.
+            keep: optional (B, 1, T) 1.0 on valid frames; padded frames are zeroed before every
+                convolution, so padding (and what an early-stopped item decodes beyond its end)
+                never reaches valid frames.
+
+        Returns:
+            (B, n_mel, T).
+        """
+        last = len(self.convolutions) - 1
+        for i, layer in enumerate(self.convolutions):
+            if keep is not None:
+                x = x * keep
+            x = layer(x)
+            if i < last:
+                x = torch.tanh(x)
+            x = F.dropout(x, self.p_dropout, self.training)
+        return x
+
+
+class Encoder(nn.Module):
+    """Convolutions then a bidirectional LSTM over the text embeddings."""
+
+    def __init__(self, hp: HParams) -> None:
+        super().__init__()
+        dims = [hp.symbols_embedding_dim] + [hp.encoder_embedding_dim] * hp.encoder_n_convolutions
+        self.convolutions = nn.ModuleList([
+            nn.Sequential(
+                ConvNorm(dims[i], dims[i + 1], kernel_size=hp.encoder_kernel_size,
+                         w_init_gain="relu"),
+                nn.BatchNorm1d(dims[i + 1]))
+            for i in range(hp.encoder_n_convolutions)])
+        self.lstm = nn.LSTM(dims[-1], hp.encoder_embedding_dim // 2, 1, batch_first=True,
+                            bidirectional=True)
+        self.p_dropout = hp.p_encoder_dropout
+
+    def forward(self, x: torch.Tensor, text_lengths: torch.Tensor) -> torch.Tensor:
+        """Encodes embedded text.
+
+        Args:
+            x: (B, symbols_embedding_dim, N) embeddings, channels first.
+            text_lengths: Long (B,) true lengths, any order.
+
+        Returns:
+            (B, N, encoder_embedding_dim) with zeros at padded tokens.
+        """
+        n_tokens = x.shape[2]
+        keep = sequence_mask(text_lengths, n_tokens).unsqueeze(1).to(x.dtype)  # (B, 1, N)
+        for layer in self.convolutions:
+            # The pad symbol's embedding is not zero; zero it so an item's last tokens see what
+            # they see alone (the conv's own zero padding).
+            x = F.dropout(F.relu(layer(x * keep)), self.p_dropout, self.training)
+        x = x.transpose(1, 2)  # (B, C, N) -> (B, N, C)
+        packed = pack_padded_sequence(x, text_lengths.cpu(), batch_first=True,
+                                      enforce_sorted=False)
+        outputs, _ = self.lstm(packed)
+        outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=n_tokens)
+        return outputs
+
+
+class Decoder(nn.Module):
+    """Autoregressive attention decoder producing r mel frames and r gate logits per step."""
+
+    def __init__(self, hp: HParams) -> None:
+        super().__init__()
+        self.n_mel_channels = hp.n_mel_channels
+        self.n_frames_per_step = hp.n_frames_per_step
+        self.encoder_embedding_dim = hp.encoder_embedding_dim
+        self.attention_rnn_dim = hp.attention_rnn_dim
+        self.decoder_rnn_dim = hp.decoder_rnn_dim
+        self.prenet_dim = hp.prenet_dim
+        self.max_decoder_steps = hp.max_decoder_steps
+        self.gate_threshold = hp.gate_threshold
+        self.p_attention_dropout = hp.p_attention_dropout
+        self.p_decoder_dropout = hp.p_decoder_dropout
+        if hp.attention_location_kernel_size % 2 != 1:
+            raise ValueError("model.py: attention_location_kernel_size must be odd, got "
+                             f"{hp.attention_location_kernel_size}")
+        self.location_padding = (hp.attention_location_kernel_size - 1) // 2
+        e, r = hp.encoder_embedding_dim, hp.n_frames_per_step
+
+        # The step input is one frame (the last of the previous group of r), as in NVIDIA at r=1.
+        self.prenet = Prenet(hp.n_mel_channels, [hp.prenet_dim, hp.prenet_dim],
+                             hp.p_prenet_dropout)
+        self.attention_rnn = nn.LSTMCell(hp.prenet_dim + e, hp.attention_rnn_dim)
+        self.attention_layer = Attention(hp.attention_rnn_dim, e, hp.attention_dim,
+                                         hp.attention_location_n_filters,
+                                         hp.attention_location_kernel_size)
+        self.decoder_rnn = nn.LSTMCell(hp.attention_rnn_dim + e, hp.decoder_rnn_dim)
+        self.linear_projection = LinearNorm(hp.decoder_rnn_dim + e, hp.n_mel_channels * r)
+        self.gate_layer = LinearNorm(hp.decoder_rnn_dim + e, r, bias=True, w_init_gain="sigmoid")
+        self.use_compile = hp.compile
+        self._compiled_step: Optional[Callable] = None
+
+    # ------------------------------------------------------------------ per-batch preparation
+    def memory_context(self, memory: torch.Tensor, text_lengths: torch.Tensor,
+                       defer_weight_grads: bool = False) -> MemoryContext:
+        """Precomputes what every decoder step of this batch shares.
+
+        Args:
+            memory: (B, N, E) encoder outputs.
+            text_lengths: Long (B,) true text lengths.
+            defer_weight_grads: detach the three step weights and record the step inputs, for
+                `forward` to hand their gradients to `_StepwiseWeightGrad`.
+
+        Returns:
+            The batch's `MemoryContext`.
+        """
+        attention = self.attention_layer
+        processed = attention.memory_layer(memory).transpose(1, 2).contiguous()  # (B,N,A)->(B,A,N)
+        pad_mask = ~sequence_mask(text_lengths.to(memory.device), memory.shape[1]).unsqueeze(1)
+        score_dtype = torch.float64 if memory.dtype == torch.float64 else torch.float32
+        rnn = self.attention_rnn
+        # Context columns of W_ih next to W_hh: one product per step for [context | hidden].
+        att_w = torch.cat((rnn.weight_ih[:, self.prenet_dim:], rnn.weight_hh), 1)
+        dec = self.decoder_rnn
+        dec_w = torch.cat((dec.weight_ih, dec.weight_hh), 1)
+        out_w = torch.cat((self.linear_projection.linear_layer.weight,
+                           self.gate_layer.linear_layer.weight), 0)
+        out_b = torch.cat((self.linear_projection.linear_layer.bias,
+                           self.gate_layer.linear_layer.bias), 0)
+        step_inputs = live = None
+        if defer_weight_grads:
+            step_inputs = ([], [], [])
+            live = (att_w, dec_w, out_w)
+            att_w, dec_w, out_w = att_w.detach(), dec_w.detach(), out_w.detach()
+        return MemoryContext(
+            memory=memory,
+            processed_memory=processed,
+            pad_mask=pad_mask,
+            mask_value=torch.finfo(score_dtype).min,
+            score_dtype=score_dtype,
+            attention_rnn_weight_t=_autocast_cast(att_w).t(),
+            query_weight_t=_autocast_cast(attention.query_layer.linear_layer.weight).t(),
+            location_weight=_autocast_cast(attention.location_layer.folded_weight()),
+            v_weight=_autocast_cast(attention.v.linear_layer.weight),
+            decoder_rnn_weight_t=_autocast_cast(dec_w).t(),
+            decoder_rnn_bias=_autocast_cast(dec.bias_ih + dec.bias_hh),
+            output_weight_t=_autocast_cast(out_w).t(),
+            output_bias=_autocast_cast(out_b),
+            step_inputs=step_inputs,
+            live_weights=live,
+        )
+
+    def initial_state(self, memory: torch.Tensor) -> DecoderState:
+        """Zero state for a batch; memory is (B, N, E)."""
+        b, n, e = memory.shape
+        dtype = torch.float64 if memory.dtype == torch.float64 else torch.float32
+
+        def zeros(*shape: int) -> torch.Tensor:
+            return torch.zeros(shape, dtype=dtype, device=memory.device)
+
+        return DecoderState(
+            attention_hidden=zeros(b, self.attention_rnn_dim),
+            attention_cell=zeros(b, self.attention_rnn_dim),
+            decoder_hidden=zeros(b, self.decoder_rnn_dim),
+            decoder_cell=zeros(b, self.decoder_rnn_dim),
+            attention_weights=zeros(b, n),
+            attention_weights_cum=zeros(b, n),
+            attention_context=memory.new_zeros(b, e),
+        )
+
+    def input_gates(self, frames: torch.Tensor) -> torch.Tensor:
+        """Prenet and its share of the attention LSTM's pre-activations, for any number of steps.
+
+        Args:
+            frames: (..., n_mel) previous frames (zeros for the first step).
+
+        Returns:
+            (..., 4 * attention_rnn_dim): `prenet(frames) W_ih[:, :prenet]^T + b_ih + b_hh`.
+        """
+        rnn = self.attention_rnn
+        return F.linear(self.prenet(frames), rnn.weight_ih[:, :self.prenet_dim],
+                        rnn.bias_ih + rnn.bias_hh)
+
+    # ------------------------------------------------------------------ the step
+    def step_input(self, frame: torch.Tensor, ctx: MemoryContext) -> StepInput:
+        """The free-running `StepInput` from the previous frame (B, n_mel)."""
+        return StepInput(self.input_gates(frame), ctx.decoder_rnn_bias, ctx.output_bias)
+
+    def decode_step(self, step_input: StepInput, state: DecoderState,
+                    ctx: MemoryContext) -> tuple:
+        """One decoder step, for teacher forcing and free running alike.
+
+        Args:
+            step_input: this step's `StepInput` (`step_input()` when free running).
+            state: the previous `DecoderState`.
+            ctx: the batch's `MemoryContext`.
+
+        Returns:
+            (frames (B, n_mel * r), gate logits (B, r), attention (B, N), new DecoderState).
+        """
+        record = ctx.step_inputs
+        # Attention LSTM; the prenet part of its input product arrives precomputed.
+        x = torch.cat((state.attention_context, state.attention_hidden), 1)
+        if record is not None:
+            record[0].append(x.detach())
+        gates = torch.addmm(step_input.attention_gates, x, ctx.attention_rnn_weight_t)
+        h_att, c_att = _lstm_cell(gates, state.attention_cell)
+        if self.training and self.p_attention_dropout > 0:
+            h_att = F.dropout(h_att, self.p_attention_dropout, True)
+
+        # Location-sensitive attention on the (B, A, N) grid.
+        previous = torch.stack((state.attention_weights, state.attention_weights_cum), 1)  # (B,2,N)
+        location = F.conv1d(previous, ctx.location_weight, padding=self.location_padding)
+        query = torch.mm(h_att, ctx.query_weight_t).unsqueeze(2)  # (B, A) -> (B, A, 1)
+        hidden = torch.tanh(location + ctx.processed_memory + query)  # (B, A, N)
+        energies = torch.matmul(ctx.v_weight, hidden).to(ctx.score_dtype)  # (1,A)@(B,A,N)->(B,1,N)
+        energies = energies.masked_fill(ctx.pad_mask, ctx.mask_value)
+        weights = torch.softmax(energies, dim=2)  # (B, 1, N)
+        context = torch.bmm(weights, ctx.memory).squeeze(1)  # (B,1,N)@(B,N,E) -> (B,E)
+        weights = weights.squeeze(1)  # (B, 1, N) -> (B, N)
+
+        # Decoder LSTM on [attention hidden | context | own hidden], one product.
+        x = torch.cat((h_att, context, state.decoder_hidden), 1)
+        if record is not None:
+            record[1].append(x.detach())
+        gates = torch.addmm(step_input.decoder_bias, x, ctx.decoder_rnn_weight_t)
+        h_dec, c_dec = _lstm_cell(gates, state.decoder_cell)
+        if self.training and self.p_decoder_dropout > 0:
+            h_dec = F.dropout(h_dec, self.p_decoder_dropout, True)
+
+        # Mel projection and gate in one product, split afterwards.
+        x = torch.cat((h_dec, context), 1)
+        if record is not None:
+            record[2].append(x.detach())
+        out = torch.addmm(step_input.output_bias, x, ctx.output_weight_t)
+        n_out = self.n_mel_channels * self.n_frames_per_step
+        new_state = DecoderState(h_att, c_att, h_dec, c_dec, weights,
+                                 state.attention_weights_cum + weights, context)
+        return out[:, :n_out], out[:, n_out:], weights, new_state
+
+    def _step_fn(self) -> Callable:
+        if not self.use_compile:
+            return self.decode_step
+        if self._compiled_step is None:
+            self._compiled_step = torch.compile(self.decode_step, dynamic=True)
+        return self._compiled_step
+
+    # ------------------------------------------------------------------ loops
+    def forward(self, memory: torch.Tensor, mel: torch.Tensor,
+                text_lengths: torch.Tensor) -> tuple:
+        """Teacher-forced decoding.
+
+        Args:
+            memory: (B, N, E) encoder outputs.
+            mel: (B, n_mel, T) target mel; step s is fed frame `s * r - 1` (zeros at s = 0).
+            text_lengths: Long (B,).
+
+        Returns:
+            (mel (B, n_mel, T), gate logits (B, T), alignments (B, ceil(T / r), N)).
+        """
+        b, n_mel, t_max = mel.shape
+        r = self.n_frames_per_step
+        steps = -(-t_max // r)
+        frames = mel.transpose(1, 2)  # (B, n_mel, T) -> (B, T, n_mel)
+        previous = frames[:, r - 1::r][:, :steps - 1]  # last frame of each group: (B, steps-1, n_mel)
+        inputs = torch.cat((frames.new_zeros(b, 1, n_mel), previous), 1)  # (B, steps, n_mel)
+        # Weight gradients of the step products are formed once over all steps when training.
+        ctx = self.memory_context(memory, text_lengths, defer_weight_grads=torch.is_grad_enabled())
+        att_terms = self.input_gates(inputs.transpose(0, 1))  # (steps, B, n_mel) -> (steps, B, 4H)
+        dec_terms = ctx.decoder_rnn_bias.expand(steps, b, -1)  # (4H,) -> (steps, B, 4H)
+        out_terms = ctx.output_bias.expand(steps, b, -1)
+        if ctx.step_inputs is not None:
+            att_w, dec_w, out_w = ctx.live_weights
+            att_terms = _StepwiseWeightGrad.apply(att_terms, att_w, ctx.step_inputs[0])
+            dec_terms = _StepwiseWeightGrad.apply(dec_terms, dec_w, ctx.step_inputs[1])
+            out_terms = _StepwiseWeightGrad.apply(out_terms, out_w, ctx.step_inputs[2])
+        # unbind, not terms[s]: indexing would make each step's backward write a full-size zero
+        # tensor (quadratic in steps); unbind's backward stacks the step gradients once.
+        step_inputs = [StepInput(*t) for t in zip(att_terms.unbind(0), dec_terms.unbind(0),
+                                                  out_terms.unbind(0))]
+        state = self.initial_state(memory)
+        step = self._step_fn()
+        out_frames, out_gates, out_weights = [], [], []
+        for step_input in step_inputs:
+            frame, gate, weights, state = step(step_input, state, ctx)
+            out_frames.append(frame)
+            out_gates.append(gate)
+            out_weights.append(weights)
+        # (B, steps, n_mel r) -> (B, steps r, n_mel) -> (B, n_mel, steps r)
+        mel_out = torch.stack(out_frames, 1).view(b, steps * r, n_mel).transpose(1, 2)
+        gate_out = torch.stack(out_gates, 1).view(b, steps * r)  # (B, steps, r) -> (B, steps r)
+        return mel_out[:, :, :t_max], gate_out[:, :t_max], torch.stack(out_weights, 1)
+
+    def inference(self, memory: torch.Tensor, text_lengths: torch.Tensor) -> tuple:
+        """Free-running decoding; each item stops on its own gate.
+
+        An item stops after the first step where any of its r gate probabilities exceeds
+        `gate_threshold`, or after `max_decoder_steps`. Finished items keep being computed (the
+        batch stays rectangular) until all have stopped; the caller masks beyond each length.
+
+        Args:
+            memory: (B, N, E) encoder outputs.
+            text_lengths: Long (B,).
+
+        Returns:
+            (mel (B, n_mel, steps r), gate logits (B, steps r), alignments (B, steps, N),
+            decoder steps Long (B,), hit_max_steps Bool (B,)).
+        """
+        b = memory.shape[0]
+        n_mel, r = self.n_mel_channels, self.n_frames_per_step
+        ctx = self.memory_context(memory, text_lengths)
+        state = self.initial_state(memory)
+        step = self._step_fn()
+        frame = memory.new_zeros(b, n_mel)  # the go frame
+        steps_taken = torch.zeros(b, dtype=torch.long, device=memory.device)
+        finished = torch.zeros(b, dtype=torch.bool, device=memory.device)
+        out_frames, out_gates, out_weights = [], [], []
+        for s in range(self.max_decoder_steps):
+            frames, gate, weights, state = step(self.step_input(frame, ctx), state, ctx)
+            out_frames.append(frames)
+            out_gates.append(gate)
+            out_weights.append(weights)
+            stop = (torch.sigmoid(gate.float()) > self.gate_threshold).any(1)
+            steps_taken = torch.where(stop & ~finished, s + 1, steps_taken)
+            finished = finished | stop
+            if bool(finished.all()):
+                break
+            frame = frames[:, -n_mel:]  # the last frame of this group feeds the next step
+        total = len(out_frames)
+        steps_taken = torch.where(finished, steps_taken, total)
+        # (B, steps, n_mel r) -> (B, steps r, n_mel) -> (B, n_mel, steps r)
+        mel_out = torch.stack(out_frames, 1).view(b, total * r, n_mel).transpose(1, 2)
+        gate_out = torch.stack(out_gates, 1).view(b, total * r)
+        return mel_out, gate_out, torch.stack(out_weights, 1), steps_taken, ~finished
+
+
+class Tacotron2(nn.Module):
+    """Tacotron 2 (Shen et al. 2018) with NVIDIA's parameter names.
+
+    Args:
+        hp: the run's hparams; the alphabet size comes from `hp.symbol_set`.
+    """
+
+    def __init__(self, hp: HParams) -> None:
+        super().__init__()
+        self.mask_padding = hp.mask_padding
+        self.n_mel_channels = hp.n_mel_channels
+        self.n_frames_per_step = hp.n_frames_per_step
+        n_symbols = len(get_symbols(hp.symbol_set))
+        self.embedding = nn.Embedding(n_symbols, hp.symbols_embedding_dim)
+        bound = sqrt(3.0) * sqrt(2.0 / (n_symbols + hp.symbols_embedding_dim))
+        self.embedding.weight.data.uniform_(-bound, bound)
+        self.encoder = Encoder(hp)
+        self.decoder = Decoder(hp)
+        self.postnet = Postnet(hp)
+
+    def encode(self, text: torch.Tensor, text_lengths: torch.Tensor) -> torch.Tensor:
+        """Long (B, N) ids -> (B, N, encoder_embedding_dim) memory."""
+        embedded = self.embedding(text).transpose(1, 2)  # (B, N, C) -> (B, C, N)
+        return self.encoder(embedded, text_lengths)
+
+    def _finish(self, mel: torch.Tensor, gate: torch.Tensor,
+                keep: Optional[torch.Tensor]) -> tuple:
+        """Postnet residual and padding masks; keep is Bool (B, T) or None."""
+        if keep is None:
+            return mel, mel + self.postnet(mel), gate
+        keep_frames = keep.unsqueeze(1)  # (B, T) -> (B, 1, T)
+        mel = mel.masked_fill(~keep_frames, 0.0)
+        mel_postnet = (mel + self.postnet(mel, keep_frames.to(mel.dtype))).masked_fill(
+            ~keep_frames, 0.0)
+        return mel, mel_postnet, gate.masked_fill(~keep, PADDED_GATE_LOGIT)
+
+    def forward(self, text: torch.Tensor, text_lengths: torch.Tensor, mel: torch.Tensor,
+                mel_lengths: torch.Tensor) -> Tacotron2Output:
+        """Teacher-forced pass.
+
+        Args:
+            text: Long (B, N) symbol ids, padded with any id.
+            text_lengths: Long (B,) in any order.
+            mel: (B, n_mel, T) targets fed back as decoder inputs.
+            mel_lengths: Long (B,) true frames.
+
+        Returns:
+            `Tacotron2Output`; with `hp.mask_padding` frames at or beyond each length are 0 in
+            both mels and 1e3 in the gate.
+        """
+        memory = self.encode(text, text_lengths)
+        mel_out, gate, alignments = self.decoder(memory, mel, text_lengths)
+        keep = sequence_mask(mel_lengths, mel.shape[2]) if self.mask_padding else None
+        mel_out, mel_postnet, gate = self._finish(mel_out, gate, keep)
+        return Tacotron2Output(mel_out, mel_postnet, gate, alignments)
+
+    def forward_batch(self, batch) -> Tacotron2Output:
+        """`forward` on a `data_utils.Batch` (or anything with its fields)."""
+        return self.forward(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths)
+
+    @torch.no_grad()
+    def inference(self, text: torch.Tensor, text_lengths: torch.Tensor) -> InferenceOutput:
+        """Free-running synthesis of a batch; call `.eval()` first for deterministic dropout.
+
+        Args:
+            text: Long (B, N) symbol ids.
+            text_lengths: Long (B,).
+
+        Returns:
+            `InferenceOutput`, padded beyond each `mel_lengths` (mel 0, gate 1e3, attention 0).
+        """
+        memory = self.encode(text, text_lengths)
+        mel, gate, alignments, steps, hit_max = self.decoder.inference(memory, text_lengths)
+        mel_lengths = steps * self.n_frames_per_step
+        mel, mel_postnet, gate = self._finish(mel, gate, sequence_mask(mel_lengths, mel.shape[2]))
+        step_keep = sequence_mask(steps, alignments.shape[1]).unsqueeze(2)  # (B, steps, 1)
+        alignments = alignments.masked_fill(~step_keep, 0.0)
+        return InferenceOutput(mel, mel_postnet, gate, alignments, mel_lengths, hit_max)

@@ -1,0 +1,492 @@
+"""Tests for commons.sequence_mask, layers.py and model.py (tiny dims; the full-size model is only built)."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for reference_decoder
+
+from commons import decoder_lengths, sequence_mask  # noqa: E402
+from hparams import create_hparams  # noqa: E402
+from layers import ConvNorm, LinearNorm  # noqa: E402
+from loss_function import Tacotron2Loss  # noqa: E402
+from model import DecoderState, Tacotron2, Tacotron2Output  # noqa: E402
+from reference_decoder import reference_forward  # noqa: E402
+from text.symbols import get_symbols  # noqa: E402
+
+# NVIDIA's state_dict at default hparams (NVIDIA_FACTS.md), in NVIDIA's order.
+NVIDIA_STATE_DICT = [
+    ("embedding.weight", (148, 512)),
+    ("encoder.convolutions.0.0.conv.weight", (512, 512, 5)),
+    ("encoder.convolutions.0.0.conv.bias", (512,)),
+    ("encoder.convolutions.0.1.weight", (512,)),
+    ("encoder.convolutions.0.1.bias", (512,)),
+    ("encoder.convolutions.0.1.running_mean", (512,)),
+    ("encoder.convolutions.0.1.running_var", (512,)),
+    ("encoder.convolutions.0.1.num_batches_tracked", ()),
+    ("encoder.convolutions.1.0.conv.weight", (512, 512, 5)),
+    ("encoder.convolutions.1.0.conv.bias", (512,)),
+    ("encoder.convolutions.1.1.weight", (512,)),
+    ("encoder.convolutions.1.1.bias", (512,)),
+    ("encoder.convolutions.1.1.running_mean", (512,)),
+    ("encoder.convolutions.1.1.running_var", (512,)),
+    ("encoder.convolutions.1.1.num_batches_tracked", ()),
+    ("encoder.convolutions.2.0.conv.weight", (512, 512, 5)),
+    ("encoder.convolutions.2.0.conv.bias", (512,)),
+    ("encoder.convolutions.2.1.weight", (512,)),
+    ("encoder.convolutions.2.1.bias", (512,)),
+    ("encoder.convolutions.2.1.running_mean", (512,)),
+    ("encoder.convolutions.2.1.running_var", (512,)),
+    ("encoder.convolutions.2.1.num_batches_tracked", ()),
+    ("encoder.lstm.weight_ih_l0", (1024, 512)),
+    ("encoder.lstm.weight_hh_l0", (1024, 256)),
+    ("encoder.lstm.bias_ih_l0", (1024,)),
+    ("encoder.lstm.bias_hh_l0", (1024,)),
+    ("encoder.lstm.weight_ih_l0_reverse", (1024, 512)),
+    ("encoder.lstm.weight_hh_l0_reverse", (1024, 256)),
+    ("encoder.lstm.bias_ih_l0_reverse", (1024,)),
+    ("encoder.lstm.bias_hh_l0_reverse", (1024,)),
+    ("decoder.prenet.layers.0.linear_layer.weight", (256, 80)),
+    ("decoder.prenet.layers.1.linear_layer.weight", (256, 256)),
+    ("decoder.attention_rnn.weight_ih", (4096, 768)),
+    ("decoder.attention_rnn.weight_hh", (4096, 1024)),
+    ("decoder.attention_rnn.bias_ih", (4096,)),
+    ("decoder.attention_rnn.bias_hh", (4096,)),
+    ("decoder.attention_layer.query_layer.linear_layer.weight", (128, 1024)),
+    ("decoder.attention_layer.memory_layer.linear_layer.weight", (128, 512)),
+    ("decoder.attention_layer.v.linear_layer.weight", (1, 128)),
+    ("decoder.attention_layer.location_layer.location_conv.conv.weight", (32, 2, 31)),
+    ("decoder.attention_layer.location_layer.location_dense.linear_layer.weight", (128, 32)),
+    ("decoder.decoder_rnn.weight_ih", (4096, 1536)),
+    ("decoder.decoder_rnn.weight_hh", (4096, 1024)),
+    ("decoder.decoder_rnn.bias_ih", (4096,)),
+    ("decoder.decoder_rnn.bias_hh", (4096,)),
+    ("decoder.linear_projection.linear_layer.weight", (80, 1536)),
+    ("decoder.linear_projection.linear_layer.bias", (80,)),
+    ("decoder.gate_layer.linear_layer.weight", (1, 1536)),
+    ("decoder.gate_layer.linear_layer.bias", (1,)),
+    ("postnet.convolutions.0.0.conv.weight", (512, 80, 5)),
+    ("postnet.convolutions.0.0.conv.bias", (512,)),
+    ("postnet.convolutions.0.1.weight", (512,)),
+    ("postnet.convolutions.0.1.bias", (512,)),
+    ("postnet.convolutions.0.1.running_mean", (512,)),
+    ("postnet.convolutions.0.1.running_var", (512,)),
+    ("postnet.convolutions.0.1.num_batches_tracked", ()),
+    ("postnet.convolutions.1.0.conv.weight", (512, 512, 5)),
+    ("postnet.convolutions.1.0.conv.bias", (512,)),
+    ("postnet.convolutions.1.1.weight", (512,)),
+    ("postnet.convolutions.1.1.bias", (512,)),
+    ("postnet.convolutions.1.1.running_mean", (512,)),
+    ("postnet.convolutions.1.1.running_var", (512,)),
+    ("postnet.convolutions.1.1.num_batches_tracked", ()),
+    ("postnet.convolutions.2.0.conv.weight", (512, 512, 5)),
+    ("postnet.convolutions.2.0.conv.bias", (512,)),
+    ("postnet.convolutions.2.1.weight", (512,)),
+    ("postnet.convolutions.2.1.bias", (512,)),
+    ("postnet.convolutions.2.1.running_mean", (512,)),
+    ("postnet.convolutions.2.1.running_var", (512,)),
+    ("postnet.convolutions.2.1.num_batches_tracked", ()),
+    ("postnet.convolutions.3.0.conv.weight", (512, 512, 5)),
+    ("postnet.convolutions.3.0.conv.bias", (512,)),
+    ("postnet.convolutions.3.1.weight", (512,)),
+    ("postnet.convolutions.3.1.bias", (512,)),
+    ("postnet.convolutions.3.1.running_mean", (512,)),
+    ("postnet.convolutions.3.1.running_var", (512,)),
+    ("postnet.convolutions.3.1.num_batches_tracked", ()),
+    ("postnet.convolutions.4.0.conv.weight", (80, 512, 5)),
+    ("postnet.convolutions.4.0.conv.bias", (80,)),
+    ("postnet.convolutions.4.1.weight", (80,)),
+    ("postnet.convolutions.4.1.bias", (80,)),
+    ("postnet.convolutions.4.1.running_mean", (80,)),
+    ("postnet.convolutions.4.1.running_var", (80,)),
+    ("postnet.convolutions.4.1.num_batches_tracked", ()),
+]
+NVIDIA_PARAMETERS = 28_193_153
+
+
+def tiny(overrides: str = "") -> "HParams":
+    return create_hparams("preset=tiny" + ("," + overrides if overrides else ""))
+
+
+def make_batch(hp, lengths_text, lengths_mel, seed=0, extra_text=0, extra_frames=0):
+    """A Batch-like namespace of random data; padding beyond the lengths is random too."""
+    g = torch.Generator().manual_seed(seed)
+    r = hp.n_frames_per_step
+    n_max = max(lengths_text) + extra_text
+    t_max = -(-(max(lengths_mel) + extra_frames) // r) * r
+    n_symbols = len(get_symbols(hp.symbol_set))
+    text = torch.randint(1, n_symbols, (len(lengths_text), n_max), generator=g)
+    mel = torch.randn(len(lengths_text), hp.n_mel_channels, t_max, generator=g)
+    mel_lengths = torch.tensor(lengths_mel)
+    gate = (torch.arange(t_max)[None, :] >= (mel_lengths[:, None] - 1)).float()
+    return SimpleNamespace(text=text, text_lengths=torch.tensor(lengths_text), mel=mel,
+                           gate=gate, mel_lengths=mel_lengths, speakers=None)
+
+
+def seeded_model(hp, seed=0):
+    torch.manual_seed(seed)
+    return Tacotron2(hp)
+
+
+# ---------------------------------------------------------------------------- commons
+
+
+def test_sequence_mask_values_and_width():
+    mask = sequence_mask(torch.tensor([3, 1, 0]), 4)
+    assert mask.dtype == torch.bool
+    assert mask.tolist() == [[True, True, True, False], [True, False, False, False],
+                             [False] * 4]
+    assert sequence_mask(torch.tensor([2, 5])).shape == (2, 5)
+
+
+@pytest.mark.parametrize("r, expected", [(1, [7, 8, 1]), (2, [4, 4, 1]), (3, [3, 3, 1])])
+def test_decoder_lengths_is_ceil(r, expected):
+    assert decoder_lengths(torch.tensor([7, 8, 1]), r).tolist() == expected
+
+
+# ---------------------------------------------------------------------------- layers
+
+
+@pytest.mark.parametrize("gain", ["linear", "tanh", "relu", "sigmoid"])
+def test_linear_norm_xavier_bound(gain):
+    torch.manual_seed(0)
+    layer = LinearNorm(300, 200, w_init_gain=gain)
+    bound = torch.nn.init.calculate_gain(gain) * math.sqrt(6.0 / (300 + 200))
+    w = layer.linear_layer.weight
+    assert w.abs().max() <= bound
+    assert w.abs().max() > 0.95 * bound  # uniform over the whole range, not a narrower init
+    assert layer(torch.zeros(2, 300)).shape == (2, 200)
+
+
+def test_conv_norm_same_padding_and_names():
+    layer = ConvNorm(4, 6, kernel_size=5, w_init_gain="tanh")
+    assert layer(torch.randn(2, 4, 11)).shape == (2, 6, 11)
+    assert sorted(layer.state_dict()) == ["conv.bias", "conv.weight"]
+    bound = torch.nn.init.calculate_gain("tanh") * math.sqrt(6.0 / (4 * 5 + 6 * 5))
+    assert layer.conv.weight.abs().max() <= bound
+
+
+def test_conv_norm_even_kernel_error():
+    with pytest.raises(ValueError, match=r"layers.py: ConvNorm needs an odd kernel_size .* got 4"):
+        ConvNorm(2, 2, kernel_size=4)
+
+
+def test_even_location_kernel_error():
+    with pytest.raises(ValueError, match=r"model.py: attention_location_kernel_size must be odd, got 6"):
+        Tacotron2(tiny("attention_location_kernel_size=6"))
+
+
+# ---------------------------------------------------------------------------- NVIDIA compatibility
+
+
+def test_state_dict_matches_nvidia():
+    model = Tacotron2(create_hparams())
+    got = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    assert got == NVIDIA_STATE_DICT
+    assert sum(p.numel() for p in model.parameters()) == NVIDIA_PARAMETERS
+
+
+def test_nvidia_shaped_state_dict_loads_strictly():
+    model = Tacotron2(create_hparams())
+    state = {k: torch.zeros(s) for k, s in NVIDIA_STATE_DICT}
+    model.load_state_dict(state, strict=True)
+    assert float(model.decoder.attention_rnn.weight_ih.detach().abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("r", [2, 3])
+def test_frames_per_step_changes_only_projection_and_gate(r):
+    base = {k: s for k, s in NVIDIA_STATE_DICT}
+    model = Tacotron2(create_hparams(f"n_frames_per_step={r}"))
+    changed = {k: tuple(v.shape) for k, v in model.state_dict().items() if base[k] != tuple(v.shape)}
+    assert changed == {
+        "decoder.linear_projection.linear_layer.weight": (80 * r, 1536),
+        "decoder.linear_projection.linear_layer.bias": (80 * r,),
+        "decoder.gate_layer.linear_layer.weight": (r, 1536),
+        "decoder.gate_layer.linear_layer.bias": (r,),
+    }
+
+
+def test_alphabet_size_follows_symbol_set():
+    model = Tacotron2(tiny("symbol_set=russian,text_cleaners=[russian_cleaners]"))
+    assert model.embedding.weight.shape[0] == len(get_symbols("russian"))
+
+
+# ---------------------------------------------------------------------------- forward
+
+
+@pytest.mark.parametrize("r", [1, 2, 3])
+def test_forward_shapes_and_padding_masks(r):
+    hp = tiny(f"n_frames_per_step={r}")
+    batch = make_batch(hp, [7, 4, 2], [13, 9, 5])
+    out = seeded_model(hp).forward_batch(batch)
+    assert isinstance(out, Tacotron2Output)
+    b, n_mel, t_max = batch.mel.shape
+    assert out.mel.shape == out.mel_postnet.shape == (b, n_mel, t_max)
+    assert out.gate.shape == (b, t_max)
+    assert out.alignments.shape == (b, t_max // r, 7)
+    for i, length in enumerate(batch.mel_lengths.tolist()):
+        assert float(out.mel[i, :, length:].detach().abs().sum()) == 0.0
+        assert float(out.mel_postnet[i, :, length:].detach().abs().sum()) == 0.0
+        assert torch.all(out.gate[i, length:] == 1e3)
+        assert torch.all(out.gate[i, :length] != 1e3)
+        text_len = int(batch.text_lengths[i])
+        # Rows sum to 1 over the real tokens and put nothing on text padding.
+        torch.testing.assert_close(out.alignments[i].sum(1), torch.ones(t_max // r))
+        assert float(out.alignments[i, :, text_len:].detach().abs().sum()) == 0.0
+
+
+def test_mask_padding_off_leaves_padded_frames():
+    hp = tiny("mask_padding=false")
+    batch = make_batch(hp, [5, 3], [9, 4])
+    out = seeded_model(hp).forward_batch(batch)
+    assert float(out.mel[1, :, 4:].detach().abs().sum()) > 0
+    assert torch.all(out.gate[1, 4:] != 1e3)
+
+
+def test_eval_forward_is_deterministic_given_seed():
+    hp = tiny()  # prenet dropout 0.5 stays on in eval
+    batch = make_batch(hp, [6, 3], [10, 7])
+    model = seeded_model(hp).eval()
+    with torch.no_grad():
+        torch.manual_seed(7)
+        first = model.forward_batch(batch)
+        torch.manual_seed(7)
+        again = model.forward_batch(batch)
+        torch.manual_seed(8)
+        other = model.forward_batch(batch)
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+    # Another seed differs: the prenet's dropout really is on in eval mode.
+    assert not torch.equal(first.mel, other.mel)
+
+
+def test_prenet_dropout_zero_is_identity_in_eval():
+    hp = tiny("p_prenet_dropout=0")
+    batch = make_batch(hp, [6, 3], [10, 7])
+    model = seeded_model(hp).eval()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        a = model.forward_batch(batch)
+        torch.manual_seed(2)
+        b = model.forward_batch(batch)
+    assert torch.equal(a.mel_postnet, b.mel_postnet)
+
+
+def test_extra_padding_changes_nothing():
+    hp = tiny("p_prenet_dropout=0")
+    model = seeded_model(hp).eval()
+    short = make_batch(hp, [6, 3], [10, 7], seed=3)
+    long = make_batch(hp, [6, 3], [10, 7], seed=4, extra_text=5, extra_frames=6)
+    # Same real content, different (random) padding content and width.
+    long.text[:, :6] = short.text
+    long.mel[:, :, :10] = short.mel
+    with torch.no_grad():
+        a = model.forward_batch(short)
+        b = model.forward_batch(long)
+    torch.testing.assert_close(b.mel_postnet[:, :, :10], a.mel_postnet, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.gate[:, :10], a.gate, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.alignments[:, :10, :6], a.alignments, atol=1e-5, rtol=1e-5)
+
+
+def test_unsorted_batch_matches_sorted():
+    hp = tiny("p_prenet_dropout=0")
+    model = seeded_model(hp).eval()
+    batch = make_batch(hp, [3, 7, 5], [6, 12, 9])
+    order = torch.tensor([1, 2, 0])
+    sorted_batch = SimpleNamespace(**{k: (v[order] if torch.is_tensor(v) else v)
+                                      for k, v in vars(batch).items()})
+    with torch.no_grad():
+        a = model.forward_batch(batch)
+        b = model.forward_batch(sorted_batch)
+    torch.testing.assert_close(a.mel_postnet[order], b.mel_postnet, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- optimised step vs plain loop
+
+
+@pytest.mark.parametrize("r", [1, 2, 3])
+def test_optimised_step_equals_reference_decoder(r):
+    hp = tiny(f"p_prenet_dropout=0,n_frames_per_step={r}")
+    batch = make_batch(hp, [7, 5, 2], [14, 11, 4])
+    model = seeded_model(hp).eval()  # dropouts off, so both loops see the same function
+    fast = model.forward_batch(batch)
+    grads_fast = torch.autograd.grad(sum(t.square().sum() for t in fast[:3]) +
+                                     fast.alignments.square().sum(), list(model.parameters()))
+    slow = reference_forward(model, batch.text, batch.text_lengths, batch.mel, batch.mel_lengths,
+                             per_step_memory_projection=True)
+    grads_slow = torch.autograd.grad(sum(t.square().sum() for t in slow[:3]) +
+                                     slow.alignments.square().sum(), list(model.parameters()))
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for (name, _), a, b in zip(model.named_parameters(), grads_fast, grads_slow):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_decode_step_state_is_an_explicit_value():
+    hp = tiny("p_prenet_dropout=0")
+    model = seeded_model(hp).eval()
+    memory = torch.randn(2, 5, hp.encoder_embedding_dim)
+    decoder = model.decoder
+    ctx = decoder.memory_context(memory, torch.tensor([5, 3]))
+    state = decoder.initial_state(memory)
+    gates = decoder.step_input(torch.zeros(2, hp.n_mel_channels), ctx)
+    with torch.no_grad():
+        frame, gate, weights, new = decoder.decode_step(gates, state, ctx)
+        frame2, _, _, new2 = decoder.decode_step(gates, state, ctx)
+    assert isinstance(new, DecoderState)
+    assert frame.shape == (2, hp.n_mel_channels) and gate.shape == (2, 1)
+    assert weights.shape == (2, 5) and float(weights[1, 3:].sum()) == 0.0
+    assert float(state.attention_weights_cum.abs().sum()) == 0.0  # the old state is untouched
+    assert torch.equal(frame, frame2) and torch.equal(new.attention_cell, new2.attention_cell)
+    torch.testing.assert_close(new.attention_weights_cum, weights)
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def _params_snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("r", [1, 2, 3])
+def test_one_adam_step_changes_every_parameter(r):
+    hp = tiny(f"n_frames_per_step={r}")
+    batch = make_batch(hp, [7, 5, 3, 2], [14, 11, 7, 4])
+    model = seeded_model(hp).train()
+    before = _params_snapshot(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss = Tacotron2Loss(hp)(model.forward_batch(batch), batch, guide_weight=1.0)
+    assert all(torch.isfinite(t) for t in loss)
+    loss.total.backward()
+    optimizer.step()
+    unchanged = [n for n, p in model.named_parameters() if torch.equal(p, before[n])]
+    assert unchanged == []
+
+
+def test_bf16_autocast_trains_a_step_on_cpu():
+    hp = tiny()
+    batch = make_batch(hp, [7, 5, 3], [14, 11, 6])
+    model = seeded_model(hp).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = _params_snapshot(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.forward_batch(batch)
+        loss = Tacotron2Loss(hp)(out, batch, guide_weight=1.0)
+    assert out.mel.dtype == torch.bfloat16  # autocast really was on
+    assert all(bool(torch.isfinite(t)) for t in loss)
+    loss.total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    optimizer.step()
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+    # Attention rows still sum to one (softmax in float32), padding gets exactly zero.
+    torch.testing.assert_close(out.alignments[2].float().sum(1), torch.ones(14), atol=1e-2, rtol=0)
+    assert float(out.alignments[2, :, 3:].detach().abs().sum()) == 0.0
+
+
+# ---------------------------------------------------------------------------- inference
+
+
+@pytest.mark.parametrize("r", [1, 2])
+def test_teacher_forced_and_free_running_agree(r):
+    hp = tiny(f"p_prenet_dropout=0,n_frames_per_step={r},gate_threshold=1.0,max_decoder_steps=12")
+    model = seeded_model(hp).eval()
+    batch = make_batch(hp, [6, 4], [5, 5])
+    free = model.inference(batch.text, batch.text_lengths)
+    assert free.mel.shape[2] == 12 * r and free.hit_max_steps.all()
+    # Feeding the free-running output back as the teacher makes every step identical.
+    with torch.no_grad():
+        forced = model(batch.text, batch.text_lengths, free.mel, free.mel_lengths)
+    torch.testing.assert_close(forced.mel, free.mel, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(forced.mel_postnet, free.mel_postnet, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(forced.gate, free.gate, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(forced.alignments, free.alignments, atol=1e-5, rtol=1e-5)
+    # The first step only sees the go frame, so any teacher gives the same first step.
+    with torch.no_grad():
+        other = model(batch.text, batch.text_lengths, torch.randn_like(free.mel), free.mel_lengths)
+    torch.testing.assert_close(other.mel[:, :, :r], free.mel[:, :, :r], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(other.alignments[:, 0], free.alignments[:, 0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(other.mel[:, :, r:], free.mel[:, :, r:])
+
+
+def _gate_trajectories(model, batch):
+    """Per item, the max gate probability of each step, decoded alone without stopping."""
+    r = model.n_frames_per_step
+    model.decoder.gate_threshold = 1.0  # never stops
+    out = []
+    for i, n in enumerate(batch.text_lengths.tolist()):
+        alone = model.inference(batch.text[i:i + 1, :n], batch.text_lengths[i:i + 1])
+        out.append(torch.sigmoid(alone.gate[0].double()).view(-1, r).max(1).values)
+    return out
+
+
+def _threshold_with_distinct_stops(trajectories):
+    """A threshold giving items different stop steps, as far as possible from every gate value."""
+    values = torch.cat(trajectories).unique().sort().values
+    best = None
+    for lo, hi in zip(values[:-1].tolist(), values[1:].tolist()):
+        theta = (lo + hi) / 2
+        stops = []
+        for traj in trajectories:
+            above = (traj > theta).nonzero()
+            stops.append(int(above[0]) + 1 if len(above) else None)
+        margin = min(float((traj - theta).abs().min()) for traj in trajectories)
+        key = (len(set(stops)), margin)
+        if best is None or key > best[0]:
+            best = (key, theta, stops)
+    return best[1], best[2], best[0][1]
+
+
+@pytest.mark.parametrize("r", [1, 2])
+def test_batched_inference_equals_items_alone(r):
+    hp = tiny(f"p_prenet_dropout=0,n_frames_per_step={r},max_decoder_steps=25")
+    model = seeded_model(hp, seed=3).eval()
+    decoder = model.decoder
+    with torch.no_grad():  # livelier dynamics and gate, so that items stop at different steps
+        for weight in (decoder.attention_rnn.weight_ih, decoder.attention_rnn.weight_hh,
+                       decoder.decoder_rnn.weight_ih, decoder.decoder_rnn.weight_hh):
+            weight.mul_(3.0)
+        decoder.gate_layer.linear_layer.weight.mul_(5.0)
+    batch = make_batch(hp, [9, 6, 3, 7], [5, 5, 5, 5], seed=5, extra_text=2)
+    theta, stops, margin = _threshold_with_distinct_stops(_gate_trajectories(model, batch))
+    assert len(set(stops)) >= 3 and margin > 1e-5, (stops, margin)  # the premise of the test
+    model.decoder.gate_threshold = theta
+    together = model.inference(batch.text, batch.text_lengths)
+    steps = [s if s is not None else 25 for s in stops]
+    assert together.mel_lengths.tolist() == [s * r for s in steps]
+    assert together.hit_max_steps.tolist() == [s is None for s in stops]
+    width = together.mel.shape[2]
+    assert width == max(steps) * r
+    for i, n in enumerate(batch.text_lengths.tolist()):
+        alone = model.inference(batch.text[i:i + 1, :n], batch.text_lengths[i:i + 1])
+        length = int(alone.mel_lengths[0])
+        assert length == int(together.mel_lengths[i])
+        assert bool(alone.hit_max_steps[0]) == bool(together.hit_max_steps[i])
+        for name in ("mel", "mel_postnet"):
+            a, b = getattr(together, name)[i], getattr(alone, name)[0]
+            torch.testing.assert_close(a[:, :length], b, atol=1e-5, rtol=1e-5)
+            assert float(a[:, length:].abs().sum()) == 0.0
+        torch.testing.assert_close(together.gate[i, :length], alone.gate[0], atol=1e-5, rtol=1e-5)
+        assert torch.all(together.gate[i, length:] == 1e3)
+        torch.testing.assert_close(together.alignments[i, :length // r, :n],
+                                   alone.alignments[0], atol=1e-5, rtol=1e-5)
+        assert float(together.alignments[i, length // r:].abs().sum()) == 0.0
+        assert float(together.alignments[i, :, n:].abs().sum()) == 0.0
+
+
+def test_inference_stops_on_gate_and_reports_max_steps():
+    hp = tiny("p_prenet_dropout=0,max_decoder_steps=7")
+    model = seeded_model(hp).eval()
+    batch = make_batch(hp, [5, 3], [4, 4])
+    model.decoder.gate_threshold = 0.0  # every gate probability exceeds 0: stop after step 1
+    out = model.inference(batch.text, batch.text_lengths)
+    assert out.mel_lengths.tolist() == [1, 1] and not out.hit_max_steps.any()
+    assert out.mel.shape == (2, hp.n_mel_channels, 1)
+    model.decoder.gate_threshold = 1.0  # never
+    out = model.inference(batch.text, batch.text_lengths)
+    assert out.mel_lengths.tolist() == [7, 7] and out.hit_max_steps.all()
+    assert out.alignments.shape == (2, 7, 5)

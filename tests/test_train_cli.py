@@ -1,0 +1,153 @@
+"""train.py through its real CLI: run files, logs, TensorBoard tags, resume, SIGTERM, warm start."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from synthetic import write_token_corpus
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _hparams(train, val, extra=""):
+    base = (f"preset=tiny,training_files={train},validation_files={val},"
+            f"text_cleaners=[basic_cleaners]")
+    return base + ("," + extra if extra else "")
+
+
+def _train(tmp_path, hparams, *more, check=True, timeout=300):
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"),
+           f"--output_directory={tmp_path / 'output'}", f"--log_directory={tmp_path / 'logs'}",
+           f"--tensorboard_directory={tmp_path / 'runs'}", f"--hparams={hparams}", *more]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    return write_token_corpus(str(folder), n_train=16, n_val=4)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, corpus):
+    tmp_path = tmp_path_factory.mktemp("run")
+    _train(tmp_path, _hparams(*corpus, "max_steps=10,keep_checkpoints=0"))
+    return tmp_path
+
+
+def test_run_layout(trained):
+    run = trained / "output" / "trial_0"
+    assert (run / "checkpoint_5").is_file() and (run / "checkpoint_10").is_file()
+    assert os.path.realpath(run / "checkpoint_LATEST").endswith("checkpoint_10")
+    hp = json.loads((run / "hparams.json").read_text())
+    assert hp["preset"] == "tiny" and hp["max_steps"] == 10
+    log = (trained / "logs" / "train.log").read_text()
+    assert "step 10:" in log and "attention_loss" in log and "guided_weight" in log
+    assert "validation step 10" in log
+    records = [json.loads(l) for l in (run / "diagnostics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10]
+    assert 0.0 <= records[-1]["metrics"]["diagonal_score"] <= 1.0
+    assert records[-1]["guided_weight"] > 0
+    snap = torch.from_numpy(__import__("numpy").load(run / "alignments" / "step_10.npz")["alignments"])
+    assert snap.dim() == 3 and snap.shape[0] == 4
+
+
+def test_tensorboard_tags(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    folder = trained / "runs" / "trial_0"
+    acc = EventAccumulator(str(folder), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    for tag in ("training.loss", "grad.norm", "learning.rate", "duration", "validation.loss",
+                "training.attention_loss", "training.guided_weight", "alignment/diagonal_score",
+                "alignment/focus_score", "alignment/coverage", "alignment_free/diagonal_score"):
+        assert tag in scalars, tag
+    images = set(acc.Tags()["images"])
+    for tag in ("alignment", "mel_target", "mel_predicted", "gate"):
+        assert tag in images, tag
+
+
+def test_checkpoint_loads_weights_only(trained):
+    ckpt = torch.load(trained / "output" / "trial_0" / "checkpoint_10", weights_only=True)
+    assert ckpt["iteration"] == 10
+    assert ckpt["hparams"]["preset"] == "tiny"
+
+
+def test_resume_continues_step_lr_and_weight(tmp_path, trained, corpus):
+    import shutil
+    shutil.copytree(trained / "output", tmp_path / "output")
+    latest = tmp_path / "output" / "trial_0" / "checkpoint_LATEST"
+    before = torch.load(latest, weights_only=True)
+    proc = _train(tmp_path, "", "-c", str(latest), "--max_steps=15")
+    log = (tmp_path / "logs" / "train.log").read_text()
+    assert "resumed from" in log and "at step 10" in log
+    after = torch.load(tmp_path / "output" / "trial_0" / "checkpoint_15", weights_only=True)
+    assert after["iteration"] == 15
+    assert after["learning_rate"] == pytest.approx(before["learning_rate"])
+    assert "step 11:" in log and "step 1:" not in log.split("resumed from")[1]
+    # the guided weight logged at step 11 is the schedule's value at step 11, not at step 1
+    from hparams import HParams
+    from loss_function import guided_attention_weight
+    w11 = guided_attention_weight(11, HParams.from_dict(after["hparams"]))
+    line = [l for l in log.splitlines() if "step 11:" in l][0]
+    assert f"guided_weight {w11:.4g}" in line
+
+
+def test_sigterm_leaves_loadable_checkpoint(tmp_path, corpus):
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"),
+           f"--output_directory={tmp_path / 'output'}", f"--log_directory={tmp_path / 'logs'}",
+           f"--tensorboard_directory={tmp_path / 'runs'}",
+           f"--hparams={_hparams(*corpus, 'max_steps=100000,iters_per_checkpoint=100000,iters_per_validation=100000')}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=tmp_path)
+    log = tmp_path / "logs" / "train.log"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if log.exists() and "step 3:" in log.read_text():
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
+    text = log.read_text()
+    saved = [l for l in text.splitlines() if "stopped by signal" in l]
+    assert saved, text[-2000:]
+    ckpt = torch.load(tmp_path / "output" / "trial_0" / "checkpoint_LATEST", weights_only=True)
+    assert ckpt["iteration"] >= 3
+    assert f"at step {ckpt['iteration']}" in saved[0]
+
+
+def test_warm_start_cli(tmp_path, corpus):
+    from hparams import create_hparams
+    from model import Tacotron2
+    hp = create_hparams("preset=tiny")
+    torch.save({"state_dict": Tacotron2(hp).state_dict()}, tmp_path / "nvidia.pt")
+    _train(tmp_path, _hparams(*corpus, "max_steps=2"), "-c", str(tmp_path / "nvidia.pt"),
+           "--warm_start")
+    log = (tmp_path / "logs" / "train.log").read_text()
+    assert "warm start from" in log and "embedding.weight" in log
+    assert torch.load(tmp_path / "output" / "trial_0" / "checkpoint_2",
+                      weights_only=True)["iteration"] == 2
+
+
+@pytest.mark.parametrize("hparams, message", [
+    ("no_such_hparam=1", "unknown hparam 'no_such_hparam'"),
+    ("batch_size=many", "bad value for hparam batch_size"),
+])
+def test_bad_hparams_exit_2(tmp_path, hparams, message):
+    proc = _train(tmp_path, hparams, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+def test_missing_resume_checkpoint_exit_2(tmp_path):
+    proc = _train(tmp_path, "preset=tiny", "-c", str(tmp_path / "nope"), check=False)
+    assert proc.returncode == 2 and "no such checkpoint" in proc.stderr
