@@ -5,12 +5,12 @@ The metrics here are the only implementation: training imports `batch_metrics`,
 
 Usage (DESIGN.md, "Commands"):
 
-    python alignment_diagnostics.py                     # newest checkpoint or snapshot of output/trial_0
-    python alignment_diagnostics.py --step=1200         # checkpoint_1200, else alignments/step_1200.npz
+    python alignment_diagnostics.py                # newest checkpoint or snapshot of output/trial_0
+    python alignment_diagnostics.py --step=1200    # checkpoint_1200, else alignments/step_1200.npz
     python alignment_diagnostics.py --checkpoint=output/trial_0/checkpoint_LATEST [--inference]
-    python alignment_diagnostics.py --alignment=attention.npy      # a (decoder steps, tokens) matrix
-    python alignment_diagnostics.py --history           # diagonality over the run, from diagnostics.jsonl
-    python alignment_diagnostics.py --step=1200 --json  # for machines; --lang ru prints in Russian
+    python alignment_diagnostics.py --alignment=attention.npy   # a (decoder steps, tokens) matrix
+    python alignment_diagnostics.py --history      # diagonality over the run (diagnostics.jsonl)
+    python alignment_diagnostics.py --step=1200 --json   # for machines; --lang ru: in Russian
 
 Exit status: 0 a report, 2 bad input (one line on stderr), 3 a red flag with --fail-on-red-flag.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
-import math
 import os
 import re
 import sys
@@ -43,7 +42,7 @@ DIFFUSE_MAX_ATTENTION = 0.1  # diffuse: no weight reaches this
 SKIP_MAX_COVERAGE = 0.9  # skipping: reaches the end with coverage below this
 STUCK_SECONDS = 0.5  # stuck: one token holds the argmax longer than this
 COVERED_MASS = 0.5  # a token is covered when its column holds this much attention
-HOLD_MIN_WEIGHT = 0.5  # stuck: a step is held when its max weight exceeds min(this, 2/N)
+HOLD_MIN_WEIGHT = 0.5  # a step is held when its max weight exceeds max(0.1, min(this, 2/N))
 ROW_SUM_TOLERANCE = 0.02  # input check: |row sum - 1| allowed (bf16/fp16 softmax)
 _CHUNK_ELEMENTS = 4_000_000  # items per vectorised chunk are limited to about this many cells
 
@@ -94,7 +93,8 @@ MESSAGES: Dict[str, Dict[str, str]] = {
         "fail": "FAIL",
         "next_milestone": "next milestone: diagonality > {threshold:.0%} at step {step}",
         "last_milestone": "this is the last milestone",
-        "before_first": "no milestone yet; the first is diagonality > {threshold:.0%} at step {step}",
+        "before_first": ("no milestone yet; the first is diagonality > {threshold:.0%} at step "
+                         "{step}"),
         "no_step": "step unknown: success criteria and red flags are not judged",
         "flags_header": "Red flags:",
         "flags_none": "none",
@@ -112,8 +112,8 @@ MESSAGES: Dict[str, Dict[str, str]] = {
         "flag1_name": "low diagonality",
         "flag1": "diagonality {value:.1%} is below {threshold:.0%} at step {step}",
         "flag2_name": "guidance without grip",
-        "flag2": ("the guided-attention term {value:.4f} (weight x loss) is below {threshold} while "
-                  "diagonality {diagonal:.1%} misses the step-{milestone} criterion "
+        "flag2": ("the guided-attention term {value:.4f} (weight x loss) is below {threshold} "
+                  "while diagonality {diagonal:.1%} misses the step-{milestone} criterion "
                   "({criterion:.0%}): the guidance is mis-wired or has decayed away"),
         "flag3_name": "all attention weights low",
         "flag3": ("every validation utterance has max attention below {threshold}: all alignment "
@@ -135,7 +135,8 @@ MESSAGES: Dict[str, Dict[str, str]] = {
                              "weight at this step {current:.3g}); guide_loss_weight=5.0 restores "
                              "the guidance."),
         "rec_trim_silence": ("One token holds the attention for over {seconds} s, often a long "
-                             "pause at the start or end of the audio: --hparams=\"trim_silence=True\"."),
+                             "pause at the start or end of the audio: "
+                             "--hparams=\"trim_silence=True\"."),
         "rec_warm_start": ("If this persists over the next checks, warm-start from NVIDIA's "
                            "published checkpoint: python train.py -c tacotron2_statedict.pt "
                            "--warm_start."),
@@ -149,8 +150,11 @@ MESSAGES: Dict[str, Dict[str, str]] = {
         "rec_no_step": ("Step unknown: analyse a snapshot or checkpoint, or pass --step, to judge "
                         "the success criteria."),
         "note_hparams_bad": "could not use {path} ({error}); default hparams used",
-        "note_fallback": "{path} could not be evaluated ({error}); the snapshot {snapshot} was used",
+        "note_fallback": ("{path} could not be evaluated ({error}); the snapshot {snapshot} was "
+                          "used"),
         "note_guided_unavailable": "guided-attention term unknown ({error}); red flag 2 not judged",
+        "note_remediated": ("the run has remediated a red flag (guide_loss_weight={weight}, "
+                            "curriculum on); the advice takes that into account"),
         "history_header": "Diagonality over the run ({path}):",
         "history_columns": "step     diag   focus  cover  guided   criterion      flags",
         "history_plot": "Plot: {path}",
@@ -259,10 +263,13 @@ MESSAGES: Dict[str, Dict[str, str]] = {
                      "trim_silence=True даёт gate чёткий конец."),
         "rec_no_step": ("Шаг неизвестен: проанализируйте снимок или чекпойнт либо укажите "
                         "--step, чтобы проверить критерии успеха."),
-        "note_hparams_bad": "не удалось использовать {path} ({error}); взяты гиперпараметры по умолчанию",
+        "note_hparams_bad": ("не удалось использовать {path} ({error}); взяты гиперпараметры по "
+                             "умолчанию"),
         "note_fallback": ("{path} не удалось оценить ({error}); использован снимок {snapshot}"),
         "note_guided_unavailable": ("вклад guided attention неизвестен ({error}); red flag 2 не "
                                     "проверяется"),
+        "note_remediated": ("запуск уже исправлял red flag (guide_loss_weight={weight}, "
+                            "curriculum включён); рекомендации это учитывают"),
         "history_header": "Диагональность по ходу обучения ({path}):",
         "history_columns": "шаг      диаг   фокус  покр.  guided   критерий       флаги",
         "history_plot": "График: {path}",
@@ -348,16 +355,20 @@ def _batch_stats(alignments: np.ndarray, text_lengths: np.ndarray, decoder_lengt
     monotonic = np.where(T > 1, forward.sum(axis=1) / np.maximum(Tf - 1.0, 1.0), 1.0)
     last_argmax = argmax[np.arange(n_items), T - 1]
     end_reached = last_argmax >= N - 2
-    last_token_share = ((argmax == (N - 1)[:, None]) & row_valid).sum(axis=1) / Tf
 
     log_a = np.log(np.where(A > 0.0, A, 1.0))  # 0 log 0 = 0
     row_entropy = -(A * log_a).sum(axis=2)  # (B, T)
     entropy = np.where(N > 1, row_entropy.sum(axis=1) / Tf / np.log(np.maximum(Nf, 2.0)), 0.0)
 
-    # Longest run of steps held by one token. A near-uniform row has no token holding it (its
-    # argmax is a tie), so it breaks runs: uniform attention is diffuse, not stuck.
-    held = row_max > np.minimum(HOLD_MIN_WEIGHT, 2.0 / Nf)[:, None]  # (B, T)
-    tokens = np.where(row_valid & held, argmax, -1)
+    # A step is held by its argmax token when the top weight stands out (> 0.1 and > twice
+    # uniform): the argmax of a near-uniform row is noise, so such rows count neither for
+    # collapse_to_end nor for stuck. Uniform attention is diffuse, not stuck.
+    threshold = np.maximum(DIFFUSE_MAX_ATTENTION, np.minimum(HOLD_MIN_WEIGHT, 2.0 / Nf))
+    held = row_valid & (row_max > threshold[:, None])  # (B, T)
+    last_token_share = ((argmax == (N - 1)[:, None]) & held).sum(axis=1) / Tf
+
+    # Longest run of steps held by one token.
+    tokens = np.where(held, argmax, -1)
     starts = np.ones(tokens.shape, dtype=bool)
     starts[:, 1:] = tokens[:, 1:] != tokens[:, :-1]
     start_pos = np.flatnonzero(starts)  # every row starts a run at t = 0
@@ -383,7 +394,8 @@ def _batch_stats(alignments: np.ndarray, text_lengths: np.ndarray, decoder_lengt
 
 def _mode_flags(coverage: np.ndarray, focus: np.ndarray, max_attention: np.ndarray,
                 end_reached: np.ndarray, last_token_share: np.ndarray, n_tokens: np.ndarray,
-                longest_hold: np.ndarray, seconds_per_step: Optional[float]) -> Dict[str, np.ndarray]:
+                longest_hold: np.ndarray,
+                seconds_per_step: Optional[float]) -> Dict[str, np.ndarray]:
     """The failure-mode rules of DESIGN.md on (B,) arrays: {mode: Bool (B,)}."""
     coverage, focus = np.asarray(coverage), np.asarray(focus)
     flags = {
@@ -682,15 +694,14 @@ def read_diagnostics_log(path: str) -> List[Dict[str, Any]]:
     return records
 
 
-def _log_record(run_dir: Optional[str], step: Optional[int]) -> Optional[Dict[str, Any]]:
-    """The last diagnostics.jsonl record of `step`, if the run has one."""
+def _log_records(run_dir: Optional[str], step: Optional[int]) -> List[Dict[str, Any]]:
+    """diagnostics.jsonl records up to `step` (none without a run, a step or a log)."""
     if run_dir is None or step is None:
-        return None
+        return []
     path = os.path.join(run_dir, "diagnostics.jsonl")
     if not os.path.isfile(path):
-        return None
-    matches = [r for r in read_diagnostics_log(path) if r["step"] == step]
-    return matches[-1] if matches else None
+        return []
+    return [r for r in read_diagnostics_log(path) if r["step"] <= step]
 
 
 def _first_line(err: BaseException) -> str:
@@ -744,6 +755,11 @@ def _load_array_file(path: str) -> Any:
 
 def load_alignment_file(path: str) -> Dict[str, Any]:
     """Reads a (T, N) .npy matrix or an `alignments/step_N.npz` snapshot, checked.
+
+    A snapshot needs `alignments`, `text_lengths`, `decoder_lengths` (INTERFACES.md); `step`,
+    `n_frames_per_step`/`hop_length`/`sampling_rate`, `names` and the free-running
+    `free_alignments`/`free_text_lengths`/`free_decoder_lengths` (+ `free_names`,
+    `free_hit_max_steps`) are used when present. Name arrays must be str arrays (no pickle).
 
     Returns:
         {"kind": "matrix" | "snapshot", "alignments" (B, T, N) float32, "text_lengths",
@@ -807,7 +823,12 @@ def load_alignment_file(path: str) -> Dict[str, Any]:
         free = {"alignments": arrays["free_alignments"],
                 "text_lengths": arrays["free_text_lengths"].reshape(-1).astype(np.int64),
                 "decoder_lengths": arrays["free_decoder_lengths"].reshape(-1).astype(np.int64),
-                "hit_max_steps": None, "names": names[: arrays["free_alignments"].shape[0]]}
+                "names": ([str(x) for x in arrays["free_names"].reshape(-1)]
+                          if "free_names" in keys
+                          else [f"item {i}" for i in range(arrays["free_alignments"].shape[0])]),
+                # optional Bool (B_free,): the gate never fired within max_decoder_steps
+                "hit_max_steps": ([bool(x) for x in arrays["free_hit_max_steps"].reshape(-1)]
+                                  if "free_hit_max_steps" in keys else None)}
     step = int(arrays["step"]) if "step" in arrays else None
     if step is None:
         match = _snapshot_re.match(os.path.basename(path))
@@ -862,7 +883,8 @@ def evaluate_checkpoint(path: str, device: Optional[str] = None, filelist: Optio
     try:
         torch_device = torch.device(device)
     except RuntimeError:
-        raise DiagnosticsError(f"--device {device}: not a device name (cpu, cuda, cuda:1 ...)") from None
+        raise DiagnosticsError(f"--device {device}: not a device name (cpu, cuda, cuda:1 ...)"
+                               ) from None
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise DiagnosticsError(f"--device {device}: CUDA is not available here; use --device cpu")
     try:
@@ -934,7 +956,8 @@ def _match_items(items: List[Any], batch: Any) -> List[int]:
         m = int(batch.mel_lengths[b])
         text = batch.text[b, :n].cpu()
         for i, (ids, mel) in enumerate(items):
-            if i not in used and len(ids) == n and mel.size(-1) == m and torch.equal(ids.cpu(), text):
+            if (i not in used and len(ids) == n and mel.size(-1) == m
+                    and torch.equal(ids.cpu(), text)):
                 used.add(i)
                 order.append(i)
                 break
@@ -1118,7 +1141,15 @@ def analyze_current_alignment(step: Optional[int] = None, checkpoint: Optional[s
     mean = summary["mean"]
 
     guided_term, guided_from, guided_weight = None, None, None
-    record = _log_record(run, step)
+    records = _log_records(run, step)
+    record = next((r for r in reversed(records) if r["step"] == step), None)
+    if any(r.get("remediated") for r in records):
+        # The trainer already raised the guided weight and turned curriculum on (guardrails):
+        # recommend what comes next, not the remedy it applied.
+        from guardrails import remediated_hparams
+
+        hp = remediated_hparams(hp)
+        notes.append(("note_remediated", {"weight": hp.guide_loss_weight}))
     if record is not None and record.get("guided_term") is not None:
         guided_term, guided_from = float(record["guided_term"]), "log"
         guided_weight = record.get("guided_weight")
@@ -1280,7 +1311,8 @@ def _draw_alignment(ax: Any, A: np.ndarray, band: float, title: Optional[str],
     """Attention map (x = decoder step, y = token, NVIDIA's orientation), diagonal band, argmax."""
     T, N = A.shape
     image = ax.imshow(A.T, aspect="auto", origin="lower", interpolation="none", cmap="viridis",
-                      extent=(-0.5, T - 0.5, -0.5, N - 0.5), vmin=0.0, vmax=max(float(A.max()), 1e-6))
+                      extent=(-0.5, T - 0.5, -0.5, N - 0.5), vmin=0.0,
+                      vmax=max(float(A.max()), 1e-6))
     x = np.array([-0.5, T - 0.5])
     centre = (x + 0.5) / T * N - 0.5  # token index of the ideal diagonal at step x
     for sign in (-1, 1):
@@ -1411,9 +1443,9 @@ def history(output_directory: str = "output", run_name: str = "trial_0",
         crit_text = (f">{crit['threshold']:.2f} " + _msg(lang, "pass" if crit["passed"] else "fail")
                      if crit else "-")
         flags = ",".join(str(i) for i in row["red_flags"]) or "-"
-        lines.append(f"{row['step']:<8} {row['diagonal_score']:.3f}  {fmt(row['focus_score'], '.3f'):<6} "
-                     f"{fmt(row['coverage'], '.3f'):<6} {fmt(row['guided_term'], '.4f'):<8} "
-                     f"{crit_text:<14} {flags}")
+        lines.append(f"{row['step']:<8} {row['diagonal_score']:.3f}  "
+                     f"{fmt(row['focus_score'], '.3f'):<6} {fmt(row['coverage'], '.3f'):<6} "
+                     f"{fmt(row['guided_term'], '.4f'):<8} {crit_text:<14} {flags}")
 
     path = plot_path or os.path.join(run_dir, "diagnostics", "history.png")
     fig, canvas = _new_figure(9, 5)
@@ -1480,6 +1512,16 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _print(text: str) -> None:
+    """print, quiet when the reader went away (`... | head`)."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command line; returns the exit status (0 report, 2 bad input, 3 red flag)."""
     try:
@@ -1489,8 +1531,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.history:
             out = history(args.output_directory, args.run_name, args.plot, args.lang)
-            print(json.dumps({"rows": out["rows"], "plot_path": out["plot_path"]}, indent=2)
-                  if args.json else out["table"])
+            _print(json.dumps({"rows": out["rows"], "plot_path": out["plot_path"]}, indent=2)
+                   if args.json else out["table"])
             return 0
         result = analyze_current_alignment(
             step=args.step, checkpoint=args.checkpoint, alignment_path=args.alignment,
@@ -1500,8 +1542,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DiagnosticsError as err:
         print(f"alignment_diagnostics: error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2, ensure_ascii=False) if args.json
-          else format_report(result, args.lang))
+    _print(json.dumps(result, indent=2, ensure_ascii=False) if args.json
+           else format_report(result, args.lang))
     if args.fail_on_red_flag and result["red_flags"]:
         return 3
     return 0

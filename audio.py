@@ -302,6 +302,14 @@ def griffin_lim(mel: Union[torch.Tensor, np.ndarray], hp, n_iters: int = 60,
     if mel.dim() != 2 or mel.shape[0] != hp.n_mel_channels:
         raise ValueError(f"griffin_lim expects a (n_mel={hp.n_mel_channels}, frames) mel, "
                          f"got shape {tuple(mel.shape)}")
+    frames = mel.shape[1]
+    # reflect padding needs more than filter_length // 2 samples: pad short mels with silence
+    # (the log floor) and cut the audio back afterwards
+    min_frames = hp.filter_length // (2 * hp.hop_length) + 2
+    if frames < min_frames:
+        floor = float(np.log(MEL_CLIP_VALUE))
+        mel = torch.cat([mel, torch.full((mel.shape[0], min_frames - frames), floor,
+                                         dtype=mel.dtype)], dim=1)
     stft = stft_for(hp)
     window = stft.window.to(torch.float64)
     # (bins, n_mel) @ (n_mel, frames) -> (bins, frames)
@@ -322,6 +330,7 @@ def griffin_lim(mel: Union[torch.Tensor, np.ndarray], hp, n_iters: int = 60,
         angles = angles / angles.abs().clamp(min=1e-16)
         previous = rebuilt
     wav = torch.istft(magnitude * angles, length=length, **stft_args).numpy()
+    wav = wav[:max(0, frames - 1) * hp.hop_length]
     peak = float(np.abs(wav).max()) if wav.size else 0.0
     if peak > 1.0:
         wav = wav / peak

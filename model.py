@@ -61,7 +61,7 @@ class InferenceOutput(NamedTuple):
 
 
 class DecoderState(NamedTuple):
-    """Recurrent state between decoder steps. LSTM states are float32 (float64 for a double model)."""
+    """Recurrent state between decoder steps; LSTM states are float32 (float64 in a double model)."""
     attention_hidden: torch.Tensor  # (B, attention_rnn_dim)
     attention_cell: torch.Tensor  # (B, attention_rnn_dim)
     decoder_hidden: torch.Tensor  # (B, decoder_rnn_dim)
@@ -93,26 +93,58 @@ class MemoryContext(NamedTuple):
     decoder_rnn_bias: torch.Tensor  # (4 H_dec,) b_ih + b_hh
     output_weight_t: torch.Tensor  # (H_dec + E, n_mel r + r): [projection; gate]^T
     output_bias: torch.Tensor  # (n_mel r + r,)
-    # Teacher forcing with autograd: the three weights above are detached, `decode_step` appends
-    # the inputs of its products here, and `_StepwiseWeightGrad` forms their gradients. Else None.
-    step_inputs: Optional[Tuple[list, list, list]]
-    live_weights: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # the undetached ones
+    # Teacher forcing with autograd: the three weights above are detached and these are the live
+    # (attention_rnn, decoder_rnn, output) weights, whose gradients `_StepwiseWeightGrad` forms
+    # once over all steps. None otherwise.
+    live_weights: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+class _StepHistory:
+    """Detached states of a teacher-forced loop; rebuilds the inputs of the step products.
+
+    The inputs of the three products of step s are functions of the states:
+    attention LSTM `[context_{s-1} | h_att_{s-1}]`, decoder LSTM `[h_att_s | context_s |
+    h_dec_{s-1}]`, projection `[h_dec_s | context_s]` (index -1 is the zero initial state).
+    """
+
+    def __init__(self, initial: DecoderState) -> None:
+        self.states: List[tuple] = []
+        self.initial = (initial.attention_hidden, initial.attention_context,
+                        initial.decoder_hidden)
+        self._stacked: Optional[tuple] = None
+
+    def append(self, state: DecoderState) -> None:
+        # Detached: holding graph tensors here would make a reference cycle through the graph.
+        self.states.append((state.attention_hidden.detach(), state.attention_context.detach(),
+                            state.decoder_hidden.detach()))
+
+    def inputs(self, which: int, dtype: torch.dtype) -> torch.Tensor:
+        """(S, B, in) inputs of product `which` (0 attention LSTM, 1 decoder LSTM, 2 output)."""
+        if self._stacked is None:
+            # (S+1, B, dim) each, the initial state first.
+            self._stacked = tuple(torch.stack([init.detach()] + [s[i] for s in self.states])
+                                  for i, init in enumerate(self.initial))
+        h_att, context, h_dec = (t.to(dtype) for t in self._stacked)
+        if which == 0:
+            return torch.cat((context[:-1], h_att[:-1]), 2)
+        if which == 1:
+            return torch.cat((h_att[1:], context[1:], h_dec[:-1]), 2)
+        return torch.cat((h_dec[1:], context[1:]), 2)
 
 
 class _StepwiseWeightGrad(torch.autograd.Function):
     """Identity on a stack of per-step additive terms that also carries a weight's gradient.
 
-    The decoder loop computes `addmm(base[s], x_s, weight.detach().t())` at each step s and
-    appends `x_s.detach()` to `inputs`. The gradient reaching `base` is then every step's
-    pre-activation gradient G (S, B, out), and the weight's gradient is one product
-    `G.reshape(-1, out)^T @ X.reshape(-1, in)`, instead of S thin (K = B) products and S
-    gradient accumulations.
+    The decoder loop computes `addmm(base[s], x_s, weight.detach().t())` at each step s. The
+    gradient reaching `base` is then every step's pre-activation gradient G (S, B, out), and the
+    weight's gradient is one product `G.reshape(-1, out)^T @ X.reshape(-1, in)` (X from
+    `_StepHistory`), instead of S thin (K = B) products and S gradient accumulations.
     """
 
     @staticmethod
-    def forward(ctx, base: torch.Tensor, weight: torch.Tensor, inputs: list) -> torch.Tensor:
-        ctx.inputs = inputs  # detached tensors only: no reference cycle through the graph
-        ctx.weight_dtype = weight.dtype
+    def forward(ctx, base: torch.Tensor, weight: torch.Tensor, history: _StepHistory,
+                which: int) -> torch.Tensor:
+        ctx.history, ctx.which, ctx.weight_dtype = history, which, weight.dtype
         return base.view_as(base)
 
     @staticmethod
@@ -120,11 +152,11 @@ class _StepwiseWeightGrad(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         grad_weight = None
         if ctx.needs_input_grad[1]:
-            x = torch.stack(ctx.inputs)  # (S, B, in)
             dtype = torch.float64 if ctx.weight_dtype == torch.float64 else torch.float32
+            x = ctx.history.inputs(ctx.which, dtype)  # (S, B, in)
             g = grad.reshape(-1, grad.shape[-1]).to(dtype)  # (S B, out)
-            grad_weight = (g.t() @ x.reshape(-1, x.shape[-1]).to(dtype)).to(ctx.weight_dtype)
-        return grad, grad_weight, None
+            grad_weight = (g.t() @ x.reshape(-1, x.shape[-1])).to(ctx.weight_dtype)
+        return grad, grad_weight, None, None
 
 
 def _autocast_cast(t: torch.Tensor) -> torch.Tensor:
@@ -329,6 +361,9 @@ class Decoder(nn.Module):
         self.gate_layer = LinearNorm(hp.decoder_rnn_dim + e, r, bias=True, w_init_gain="sigmoid")
         self.use_compile = hp.compile
         self._compiled_step: Optional[Callable] = None
+        # Teacher forcing forms the step weights' gradients once over all steps (see
+        # `_StepwiseWeightGrad`); False gives the plain per-step autograd (same values).
+        self.defer_weight_grads = True
 
     # ------------------------------------------------------------------ per-batch preparation
     def memory_context(self, memory: torch.Tensor, text_lengths: torch.Tensor,
@@ -338,8 +373,8 @@ class Decoder(nn.Module):
         Args:
             memory: (B, N, E) encoder outputs.
             text_lengths: Long (B,) true text lengths.
-            defer_weight_grads: detach the three step weights and record the step inputs, for
-                `forward` to hand their gradients to `_StepwiseWeightGrad`.
+            defer_weight_grads: detach the three step weights; `forward` then forms their
+                gradients with `_StepwiseWeightGrad`.
 
         Returns:
             The batch's `MemoryContext`.
@@ -357,9 +392,8 @@ class Decoder(nn.Module):
                            self.gate_layer.linear_layer.weight), 0)
         out_b = torch.cat((self.linear_projection.linear_layer.bias,
                            self.gate_layer.linear_layer.bias), 0)
-        step_inputs = live = None
+        live = None
         if defer_weight_grads:
-            step_inputs = ([], [], [])
             live = (att_w, dec_w, out_w)
             att_w, dec_w, out_w = att_w.detach(), dec_w.detach(), out_w.detach()
         return MemoryContext(
@@ -376,7 +410,6 @@ class Decoder(nn.Module):
             decoder_rnn_bias=_autocast_cast(dec.bias_ih + dec.bias_hh),
             output_weight_t=_autocast_cast(out_w).t(),
             output_bias=_autocast_cast(out_b),
-            step_inputs=step_inputs,
             live_weights=live,
         )
 
@@ -428,11 +461,8 @@ class Decoder(nn.Module):
         Returns:
             (frames (B, n_mel * r), gate logits (B, r), attention (B, N), new DecoderState).
         """
-        record = ctx.step_inputs
         # Attention LSTM; the prenet part of its input product arrives precomputed.
         x = torch.cat((state.attention_context, state.attention_hidden), 1)
-        if record is not None:
-            record[0].append(x.detach())
         gates = torch.addmm(step_input.attention_gates, x, ctx.attention_rnn_weight_t)
         h_att, c_att = _lstm_cell(gates, state.attention_cell)
         if self.training and self.p_attention_dropout > 0:
@@ -451,8 +481,6 @@ class Decoder(nn.Module):
 
         # Decoder LSTM on [attention hidden | context | own hidden], one product.
         x = torch.cat((h_att, context, state.decoder_hidden), 1)
-        if record is not None:
-            record[1].append(x.detach())
         gates = torch.addmm(step_input.decoder_bias, x, ctx.decoder_rnn_weight_t)
         h_dec, c_dec = _lstm_cell(gates, state.decoder_cell)
         if self.training and self.p_decoder_dropout > 0:
@@ -460,8 +488,6 @@ class Decoder(nn.Module):
 
         # Mel projection and gate in one product, split afterwards.
         x = torch.cat((h_dec, context), 1)
-        if record is not None:
-            record[2].append(x.detach())
         out = torch.addmm(step_input.output_bias, x, ctx.output_weight_t)
         n_out = self.n_mel_channels * self.n_frames_per_step
         new_state = DecoderState(h_att, c_att, h_dec, c_dec, weights,
@@ -492,27 +518,33 @@ class Decoder(nn.Module):
         r = self.n_frames_per_step
         steps = -(-t_max // r)
         frames = mel.transpose(1, 2)  # (B, n_mel, T) -> (B, T, n_mel)
-        previous = frames[:, r - 1::r][:, :steps - 1]  # last frame of each group: (B, steps-1, n_mel)
+        # The last frame of each group feeds the next step: (B, steps - 1, n_mel).
+        previous = frames[:, r - 1::r][:, :steps - 1]
         inputs = torch.cat((frames.new_zeros(b, 1, n_mel), previous), 1)  # (B, steps, n_mel)
         # Weight gradients of the step products are formed once over all steps when training.
-        ctx = self.memory_context(memory, text_lengths, defer_weight_grads=torch.is_grad_enabled())
+        defer = self.defer_weight_grads and torch.is_grad_enabled()
+        ctx = self.memory_context(memory, text_lengths, defer_weight_grads=defer)
         att_terms = self.input_gates(inputs.transpose(0, 1))  # (steps, B, n_mel) -> (steps, B, 4H)
         dec_terms = ctx.decoder_rnn_bias.expand(steps, b, -1)  # (4H,) -> (steps, B, 4H)
         out_terms = ctx.output_bias.expand(steps, b, -1)
-        if ctx.step_inputs is not None:
+        state = self.initial_state(memory)
+        history = None
+        if ctx.live_weights is not None:
+            history = _StepHistory(state)
             att_w, dec_w, out_w = ctx.live_weights
-            att_terms = _StepwiseWeightGrad.apply(att_terms, att_w, ctx.step_inputs[0])
-            dec_terms = _StepwiseWeightGrad.apply(dec_terms, dec_w, ctx.step_inputs[1])
-            out_terms = _StepwiseWeightGrad.apply(out_terms, out_w, ctx.step_inputs[2])
+            att_terms = _StepwiseWeightGrad.apply(att_terms, att_w, history, 0)
+            dec_terms = _StepwiseWeightGrad.apply(dec_terms, dec_w, history, 1)
+            out_terms = _StepwiseWeightGrad.apply(out_terms, out_w, history, 2)
         # unbind, not terms[s]: indexing would make each step's backward write a full-size zero
         # tensor (quadratic in steps); unbind's backward stacks the step gradients once.
         step_inputs = [StepInput(*t) for t in zip(att_terms.unbind(0), dec_terms.unbind(0),
                                                   out_terms.unbind(0))]
-        state = self.initial_state(memory)
         step = self._step_fn()
         out_frames, out_gates, out_weights = [], [], []
         for step_input in step_inputs:
             frame, gate, weights, state = step(step_input, state, ctx)
+            if history is not None:
+                history.append(state)
             out_frames.append(frame)
             out_gates.append(gate)
             out_weights.append(weights)

@@ -110,7 +110,7 @@ def data_check(hp: HParams, logger: TrainLogger) -> bool:
     if errors:
         logger.info(f"data check: {len(errors)} error(s) in {hp.training_files} / "
                     f"{hp.validation_files}; fix them (python check_data.py "
-                    f"{hp.training_files} {hp.validation_files} --write-clean CLEAN.txt) or start "
+                    f"{hp.training_files} {hp.validation_files} --write-clean clean/) or start "
                     f"with --skip_data_check")
     return not errors
 

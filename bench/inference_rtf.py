@@ -1,6 +1,6 @@
 """Real-time factor of inference: mel generation and Griffin-Lim, at batch 1 and batch 8.
 
-    python bench/inference_rtf.py                                  # demo preset, random weights, CPU
+    python bench/inference_rtf.py              # demo preset, random weights, CPU
     python bench/inference_rtf.py --checkpoint output/trial_0/checkpoint_LATEST --device cuda
 
 Real-time factor = seconds of audio produced / wall-clock seconds (above 1 is faster than real
@@ -127,7 +127,8 @@ def main(argv=None) -> int:
     print(f"{'batch':>5} {'audio s':>8} {'mel s':>7} {'mel RTF':>8} {'GL items':>8} {'GL s':>7} "
           f"{'GL RTF':>7}")
     for row in rows:
-        print(f"{row['batch_size']:>5} {row['audio_seconds']:>8.2f} {row['mel_wall_seconds']:>7.2f} "
+        print(f"{row['batch_size']:>5} {row['audio_seconds']:>8.2f} "
+              f"{row['mel_wall_seconds']:>7.2f} "
               f"{row['mel_rtf']:>8.2f} {row['griffin_lim_items']:>8} "
               f"{row['griffin_lim_wall_seconds']:>7.2f} "
               f"{row['griffin_lim_rtf']:>7.2f}")

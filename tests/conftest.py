@@ -21,6 +21,11 @@ if _ROOT not in sys.path:
 
 from hparams import create_hparams  # noqa: E402
 
+# Tiny models run faster on one thread, and subprocesses (train.py, torchrun) inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402
+torch.set_num_threads(1)
+
 SENTENCES = (
     "Printing, in the only sense with which we are at present concerned.",
     "The earliest book printed with movable types.",

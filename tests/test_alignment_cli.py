@@ -50,7 +50,9 @@ def write_snapshot(run_dir, step, maps, r=1, free=None, names=True):
             fpad[i, : a.shape[0], : a.shape[1]] = a
         arrays.update(free_alignments=fpad,
                       free_text_lengths=np.array([a.shape[1] for a in free], np.int64),
-                      free_decoder_lengths=np.array([a.shape[0] for a in free], np.int64))
+                      free_decoder_lengths=np.array([a.shape[0] for a in free], np.int64),
+                      free_hit_max_steps=np.array([i == len(free) - 1 for i in range(len(free))]),
+                      free_names=np.array([f"LJ002-{i:04d}.wav" for i in range(len(free))]))
     path = os.path.join(folder, f"step_{step}.npz")
     np.savez_compressed(path, **arrays)
     return path
@@ -376,6 +378,18 @@ def test_stuck_items_recommend_trimming_silence(run, capsys):
     assert "trim_silence" in [r["id"] for r in result["recommendations"]]
 
 
+def test_a_remediated_run_is_not_told_the_remedy_again(run, capsys):
+    write_snapshot(run, 2400, band_maps())
+    write_log(run, [dict(log_record(2200, 0.02), remediated=True), log_record(2400, 0.02)])
+    _, out, _ = run_main(capsys, "--step", 2400, "--json", "--no-plot", *out_dir(run))
+    result = json.loads(out)
+    ids = [r["id"] for r in result["recommendations"]]
+    assert "check_data" in ids and "warm_start" in ids
+    assert "guide_weight" not in ids and "curriculum" not in ids
+    assert result["notes"] == ["the run has remediated a red flag (guide_loss_weight=5.0, "
+                               "curriculum on); the advice takes that into account"]
+
+
 def test_too_early_to_judge(run, capsys):
     _, out, _ = run_main(capsys, "--step", 200, "--no-plot", *out_dir(run))
     assert "no milestone yet; the first is diagonality > 10% at step 1000" in out
@@ -387,8 +401,10 @@ def test_free_running_arrays_of_a_snapshot(run, capsys):
     _, out, _ = run_main(capsys, "--step", 1600, "--json", "--no-plot", *out_dir(run))
     free = json.loads(out)["free_running"]
     assert free["n_items"] == 2 and free["failure_counts"]["diffuse"] == 1
+    assert free["hit_max_steps"] == ["LJ002-0001.wav"]
     _, out, _ = run_main(capsys, "--step", 1600, "--no-plot", *out_dir(run))
     assert "Free-running decoding (from text alone, 2 utterances)" in out
+    assert "1 of 2 did not stop within max_decoder_steps: LJ002-0001.wav" in out
 
 
 # ---------------------------------------------------------------------------- language, plots
@@ -463,7 +479,8 @@ def _python(args, cwd):
 def test_users_snippet(run):
     write_log(run, [log_record(1200, 0.9)])  # the trainer's record: no torch import needed
     snippet = ("from alignment_diagnostics import analyze_current_alignment; "
-               "r = analyze_current_alignment(step=1200); print(r['diagnostics']['diagonal_score'])")
+               "r = analyze_current_alignment(step=1200); "
+               "print(r['diagnostics']['diagonal_score'])")
     proc = _python(["-c", snippet], cwd=run.parent.parent)
     assert proc.returncode == 0, proc.stderr
     assert 0.8 < float(proc.stdout.strip()) <= 1.0

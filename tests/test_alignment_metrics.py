@@ -431,3 +431,10 @@ def test_empty_batch():
 def test_classify_failures_rejects_non_matrices(shape):
     with pytest.raises(diag.DiagnosticsError, match="non-empty"):
         diag.classify_failures(np.zeros(shape))
+
+
+def test_near_uniform_rows_do_not_collapse_or_stick():
+    A = uniform(200, 50)
+    A[:, -1] += 0.01  # a slight lean to the end: the argmax is the last token everywhere
+    A /= A.sum(axis=1, keepdims=True)
+    assert diag.classify_failures(A, diag.alignment_metrics(A), SECONDS_PER_STEP) == ["diffuse"]

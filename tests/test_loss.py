@@ -44,6 +44,15 @@ def one(a: torch.Tensor) -> torch.Tensor:
     return guided_attention_loss(a[None], torch.tensor([tokens]), torch.tensor([steps]), SIGMA)
 
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is fastest and immune to oversubscribed CPUs (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 # ---------------------------------------------------------------------------- the matrix
 
 
@@ -265,6 +274,7 @@ def test_schedule_without_fade_and_switched_off():
 
 
 def test_schedule_fade_is_linear():
-    hp = create_hparams("guide_decay=1.0,guide_scale=1.0,guide_decay_start=100,guide_decay_steps=200")
+    hp = create_hparams("guide_decay=1.0,guide_scale=1.0,guide_decay_start=100,"
+                        "guide_decay_steps=200")
     values = [guided_attention_weight(s, hp) for s in (0, 100, 200, 300, 400)]
     assert values == pytest.approx([2.0, 2.0, 1.0, 0.0, 0.0])

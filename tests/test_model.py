@@ -1,4 +1,7 @@
-"""Tests for commons.sequence_mask, layers.py and model.py (tiny dims; the full-size model is only built)."""
+"""Tests for commons.sequence_mask, layers.py and model.py.
+
+Tiny dims throughout; the default-size model is only constructed (keys, shapes, parameter count).
+"""
 from __future__ import annotations
 
 import math
@@ -133,6 +136,15 @@ def seeded_model(hp, seed=0):
     return Tacotron2(hp)
 
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is fastest and immune to oversubscribed CPUs (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 # ---------------------------------------------------------------------------- commons
 
 
@@ -177,7 +189,8 @@ def test_conv_norm_even_kernel_error():
 
 
 def test_even_location_kernel_error():
-    with pytest.raises(ValueError, match=r"model.py: attention_location_kernel_size must be odd, got 6"):
+    with pytest.raises(ValueError,
+                       match=r"model.py: attention_location_kernel_size must be odd, got 6"):
         Tacotron2(tiny("attention_location_kernel_size=6"))
 
 
@@ -202,7 +215,8 @@ def test_nvidia_shaped_state_dict_loads_strictly():
 def test_frames_per_step_changes_only_projection_and_gate(r):
     base = {k: s for k, s in NVIDIA_STATE_DICT}
     model = Tacotron2(create_hparams(f"n_frames_per_step={r}"))
-    changed = {k: tuple(v.shape) for k, v in model.state_dict().items() if base[k] != tuple(v.shape)}
+    changed = {k: tuple(v.shape) for k, v in model.state_dict().items()
+               if base[k] != tuple(v.shape)}
     assert changed == {
         "decoder.linear_projection.linear_layer.weight": (80 * r, 1536),
         "decoder.linear_projection.linear_layer.bias": (80 * r,),
@@ -306,7 +320,7 @@ def test_unsorted_batch_matches_sorted():
     torch.testing.assert_close(a.mel_postnet[order], b.mel_postnet, atol=1e-5, rtol=1e-5)
 
 
-# ---------------------------------------------------------------------------- optimised step vs plain loop
+# ---------------------------------------------------------------------------- fast step vs plain loop
 
 
 @pytest.mark.parametrize("r", [1, 2, 3])
@@ -325,6 +339,22 @@ def test_optimised_step_equals_reference_decoder(r):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     for (name, _), a, b in zip(model.named_parameters(), grads_fast, grads_slow):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("r", [1, 2])
+def test_deferred_weight_gradients_equal_per_step_autograd(r):
+    hp = tiny(f"n_frames_per_step={r},p_attention_dropout=0.3,p_decoder_dropout=0.3")
+    batch = make_batch(hp, [7, 5, 2], [14, 11, 4])
+    model = seeded_model(hp).train()  # dropouts on: the recorded states are the dropped ones
+    grads = []
+    for defer in (True, False):
+        model.decoder.defer_weight_grads = defer
+        torch.manual_seed(11)
+        out = model.forward_batch(batch)
+        loss = Tacotron2Loss(hp)(out, batch, guide_weight=1.0).total
+        grads.append(torch.autograd.grad(loss, list(model.parameters())))
+    for (name, _), a, b in zip(model.named_parameters(), *grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_decode_step_state_is_an_explicit_value():

@@ -170,7 +170,8 @@ def english_cleaners(text: str) -> str:
     """English text: to ASCII, lowercase, numbers, abbreviations, whitespace (NVIDIA's order)."""
     text = lowercase(convert_to_ascii(text))
     text = expand_abbreviations(expand_numbers(text))
-    return collapse_whitespace(text)
+    # quotes are not spoken and not in the symbol set (NVIDIA drops them when encoding)
+    return collapse_whitespace(text.replace('"', ""))
 
 
 def russian_cleaners(text: str) -> str:
