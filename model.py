@@ -61,7 +61,7 @@ class InferenceOutput(NamedTuple):
 
 
 class DecoderState(NamedTuple):
-    """Recurrent state between decoder steps; LSTM states are float32 (float64 in a double model)."""
+    """Recurrent state between decoder steps; LSTM states float32 (float64 in a double model)."""
     attention_hidden: torch.Tensor  # (B, attention_rnn_dim)
     attention_cell: torch.Tensor  # (B, attention_rnn_dim)
     decoder_hidden: torch.Tensor  # (B, decoder_rnn_dim)
@@ -335,7 +335,6 @@ class Decoder(nn.Module):
         super().__init__()
         self.n_mel_channels = hp.n_mel_channels
         self.n_frames_per_step = hp.n_frames_per_step
-        self.encoder_embedding_dim = hp.encoder_embedding_dim
         self.attention_rnn_dim = hp.attention_rnn_dim
         self.decoder_rnn_dim = hp.decoder_rnn_dim
         self.prenet_dim = hp.prenet_dim

@@ -44,15 +44,6 @@ def one(a: torch.Tensor) -> torch.Tensor:
     return guided_attention_loss(a[None], torch.tensor([tokens]), torch.tensor([steps]), SIGMA)
 
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest and immune to oversubscribed CPUs (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 # ---------------------------------------------------------------------------- the matrix
 
 

@@ -136,15 +136,6 @@ def seeded_model(hp, seed=0):
     return Tacotron2(hp)
 
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest and immune to oversubscribed CPUs (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 # ---------------------------------------------------------------------------- commons
 
 
@@ -320,7 +311,7 @@ def test_unsorted_batch_matches_sorted():
     torch.testing.assert_close(a.mel_postnet[order], b.mel_postnet, atol=1e-5, rtol=1e-5)
 
 
-# ---------------------------------------------------------------------------- fast step vs plain loop
+# ------------------------------------------------------------------------ fast step vs plain loop
 
 
 @pytest.mark.parametrize("r", [1, 2, 3])
