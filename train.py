@@ -55,6 +55,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--tensorboard_directory", default="runs")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     parser.add_argument("--max_steps", type=int, default=None, help="stop after this step")
+    parser.add_argument("--max_minutes", type=float, default=None,
+                        help="stop (and save) after this much wall time")
     parser.add_argument("--skip_data_check", action="store_true",
                         help="start even when the data check finds errors")
     return parser.parse_args(argv)
@@ -219,6 +221,7 @@ class Run:
         self.rank, self.world_size, self.device = setup_device(args.device)
         self.run_dir = os.path.join(args.output_directory, args.run_name)
         self.stop_signal: Optional[int] = None
+        self.started = time.time()
         self.step = 0
         self.epoch = 0
         self.validations = 0
@@ -391,6 +394,9 @@ def train(args: argparse.Namespace) -> int:
 
 
 def _reached_max(run: Run) -> bool:
+    """max_steps reached, or --max_minutes of wall time spent."""
+    if run.args.max_minutes is not None and time.time() - run.started > 60 * run.args.max_minutes:
+        return True
     return bool(run.hp.max_steps) and run.step >= run.hp.max_steps
 
 
