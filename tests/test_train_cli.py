@@ -151,3 +151,34 @@ def test_bad_hparams_exit_2(tmp_path, hparams, message):
 def test_missing_resume_checkpoint_exit_2(tmp_path):
     proc = _train(tmp_path, "preset=tiny", "-c", str(tmp_path / "nope"), check=False)
     assert proc.returncode == 2 and "no such checkpoint" in proc.stderr
+
+
+def _diagnostics(cwd, *args):
+    cmd = [sys.executable, os.path.join(ROOT, "alignment_diagnostics.py"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_diagnostics_on_the_training_run(tmp_path, trained):
+    """The user's monitoring commands, on checkpoints and snapshots of a real run."""
+    import shutil
+    shutil.copytree(trained / "output", tmp_path / "output")
+    run = tmp_path / "output" / "trial_0"
+    os.remove(run / "checkpoint_5")  # step 5 now exists only as a snapshot
+    for args in (["--step=10"], ["--step=5"], [],
+                 ["--checkpoint=output/trial_0/checkpoint_LATEST"]):
+        proc = _diagnostics(tmp_path, *args, "--json")
+        assert proc.returncode == 0, (args, proc.stderr[-2000:])
+        result = json.loads(proc.stdout)
+        assert result["step"] == (5 if args == ["--step=5"] else 10)
+        assert 0.0 <= result["diagnostics"]["diagonal_score"] <= 1.0
+        assert os.path.exists(os.path.join(tmp_path, result["plot_path"]))
+    proc = _diagnostics(tmp_path, "--step=7")
+    assert proc.returncode == 2 and "5" in proc.stderr and "10" in proc.stderr
+    proc = _diagnostics(tmp_path, "--history", "--no-plot")
+    assert proc.returncode == 0 and "10" in proc.stdout
+    snippet = ("from alignment_diagnostics import analyze_current_alignment; "
+               "r = analyze_current_alignment(step=10); print(r['diagnostics']['diagonal_score'])")
+    proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 0.0 <= float(proc.stdout.strip().splitlines()[-1]) <= 1.0
