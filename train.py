@@ -422,7 +422,7 @@ def _start_epoch(train_loader, train_set, run: Run) -> None:
 def train_step(model, batch, criterion: Tacotron2Loss, optimizer, scaler, run: Run):
     """One optimizer step; returns (losses averaged over ranks, grad norm, guided weight)."""
     hp, device = run.hp, run.device
-    batch = batch.to(device, non_blocking=device.type == "cuda")
+    batch = batch.to(device, non_blocking=device.type != "cpu")  # pinned host memory on accelerators
     weight = guided_attention_weight(run.step, hp)
     optimizer.zero_grad(set_to_none=True)
     with autocast_context(hp, device):

@@ -141,7 +141,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.compile == "on" and args.warmup < 1:
         parser.error("--compile on needs --warmup >= 1 (compilation happens in the warm-up)")
     if args.lengths is None:
-        args.lengths = "ljspeech" if args.device.startswith("cuda") else "short"
+        args.lengths = "short" if args.device == "cpu" else "ljspeech"  # GPUs get real lengths
     return args
 
 
@@ -293,7 +293,7 @@ def measure(args: argparse.Namespace) -> Dict[str, Any]:
     _, _, device = setup_device(args.device)
     items, mel_lengths, data = load_items(args, hp)
     batches = build_batches(items, mel_lengths, hp, args.warmup + args.steps, args.seed,
-                            pin=device.type == "cuda")
+                            pin=device.type != "cpu")
 
     torch.manual_seed(args.seed)  # the same initial weights in every configuration
     model = Tacotron2(hp).to(device).train()
