@@ -45,7 +45,7 @@ class HParams:
     symbol_set: str = "english"  # english | russian
     drop_unknown_chars: bool = False  # False = a character outside the set is an error
     mel_cache: bool = True  # cache mels on disk in <run folder>/mel_cache
-    num_workers: int = 0  # DataLoader workers
+    num_workers: int = 2  # DataLoader worker processes (0 = load in the training process)
     bucket_batches: bool = True  # batches of similar mel length
     bucket_size_multiplier: int = 32  # a bucket holds this many batches before it is split
     min_audio_seconds: float = 0.3  # data check: shorter is a warning
@@ -206,7 +206,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "postnet_n_convolutions": 3, "n_frames_per_step": 3, "batch_size": 16,
         "learning_rate": 1e-3, "iters_per_validation": 100, "iters_per_checkpoint": 500,
         "max_steps": 3000, "gate_positive_weight": 5.0, "max_decoder_steps": 400,
-        "red_flag_start_step": 600, "lr_patience_steps": 1000,
+        "red_flag_start_step": 600, "lr_patience_steps": 1000, "num_workers": 0,
         "success_steps": [200, 500, 1000, 2000], "success_thresholds": [0.10, 0.30, 0.50, 0.70],
     },
     # The same small model on the Russian demo corpus.
@@ -224,7 +224,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "postnet_n_convolutions": 2, "postnet_kernel_size": 3, "n_mel_channels": 20,
         "batch_size": 4, "iters_per_validation": 5, "iters_per_checkpoint": 5, "iters_per_log": 1,
         "max_decoder_steps": 50, "max_steps": 10,
-        "free_running_items": 2, "mel_cache": False,
+        "free_running_items": 2, "mel_cache": False, "num_workers": 0,
     },
 }
 # demo_ru builds on demo.

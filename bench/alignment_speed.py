@@ -1,6 +1,6 @@
 """How fast does attention align? The demo preset on the demo corpus, guided attention on and off.
 
-    python bench/alignment_speed.py                       # a few minutes: 2.5 min per run
+    python bench/alignment_speed.py                       # a few minutes: 2 min per run
     python bench/alignment_speed.py --max_minutes 20      # the laptop target: 20 minutes per run
     python bench/alignment_speed.py --runs guided --language ru --max_minutes 10
 
@@ -32,7 +32,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--language", choices=("en", "ru"), default="en")
     parser.add_argument("--runs", default="guided,unguided",
                         help="comma-separated: guided (the preset's guidance), unguided (weight 0)")
-    parser.add_argument("--max_minutes", type=float, default=2.5, help="wall time per run")
+    parser.add_argument("--max_minutes", type=float, default=2.0, help="wall time per run")
     parser.add_argument("--max_steps", type=int, default=0, help="0 = the preset's max_steps")
     parser.add_argument("--iters_per_validation", type=int, default=100)
     parser.add_argument("--hparams", default="", help="more overrides for every run")
