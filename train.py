@@ -458,7 +458,9 @@ def validation_round(run: Run, model: Tacotron2, val_loader, val_set, criterion,
         metrics = summary["mean"]
         guided_term = weight * losses["guided_attn"]
         if scheduler is not None:
-            scheduler.step(losses["total"])
+            # the reconstruction losses only: the guided term falls with its schedule, which
+            # would look like progress
+            scheduler.step(losses["mel"] + losses["mel_postnet"] + losses["gate"])
 
         free = None
         if hp.free_running_every and run.validations % hp.free_running_every == 0:
