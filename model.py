@@ -87,7 +87,7 @@ class MemoryContext(NamedTuple):
     score_dtype: torch.dtype  # attention softmax and LSTM cell states: float32 or float64
     attention_rnn_weight_t: torch.Tensor  # (E + H_att, 4 H_att): [W_ih context cols | W_hh]^T
     query_weight_t: torch.Tensor  # (H_att, A)
-    location_weight: torch.Tensor  # (A, 2, K): location_dense folded into location_conv
+    location_weight: torch.Tensor  # (A, 2 K): location_dense folded into location_conv, flattened
     v_weight: torch.Tensor  # (1, A)
     decoder_rnn_weight_t: torch.Tensor  # (H_att + E + H_dec, 4 H_dec): [W_ih | W_hh]^T
     decoder_rnn_bias: torch.Tensor  # (4 H_dec,) b_ih + b_hh
@@ -403,7 +403,7 @@ class Decoder(nn.Module):
             score_dtype=score_dtype,
             attention_rnn_weight_t=_autocast_cast(att_w).t(),
             query_weight_t=_autocast_cast(attention.query_layer.linear_layer.weight).t(),
-            location_weight=_autocast_cast(attention.location_layer.folded_weight()),
+            location_weight=_autocast_cast(attention.location_layer.folded_weight()).flatten(1),
             v_weight=_autocast_cast(attention.v.linear_layer.weight),
             decoder_rnn_weight_t=_autocast_cast(dec_w).t(),
             decoder_rnn_bias=_autocast_cast(dec.bias_ih + dec.bias_hh),
@@ -469,7 +469,12 @@ class Decoder(nn.Module):
 
         # Location-sensitive attention on the (B, A, N) grid.
         previous = torch.stack((state.attention_weights, state.attention_weights_cum), 1)  # (B,2,N)
-        location = F.conv1d(previous, ctx.location_weight, padding=self.location_padding)
+        # The location convolution as one product over sliding windows: for (B, 2, N) inputs
+        # and 31 taps this is several times faster than conv1d, forward and backward, on CPU.
+        p = self.location_padding
+        windows = F.pad(previous, (p, p)).unfold(2, 2 * p + 1, 1)  # (B, 2, N, K)
+        windows = windows.transpose(1, 2).flatten(2)  # (B, N, 2, K) -> (B, N, 2K)
+        location = torch.matmul(ctx.location_weight, windows.transpose(1, 2))  # (A,2K)@(B,2K,N)
         query = torch.mm(h_att, ctx.query_weight_t).unsqueeze(2)  # (B, A) -> (B, A, 1)
         hidden = torch.tanh(location + ctx.processed_memory + query)  # (B, A, N)
         energies = torch.matmul(ctx.v_weight, hidden).to(ctx.score_dtype)  # (1,A)@(B,A,N)->(B,1,N)
