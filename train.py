@@ -270,11 +270,18 @@ def train(args: argparse.Namespace) -> int:
         backend = hp.dist_backend or ("nccl" if device.type == "cuda" else "gloo")
         dist.init_process_group(backend=backend)
 
+    data_ok = torch.ones(1, dtype=torch.long, device=device)
     if run.is_main:
         os.makedirs(run.run_dir, exist_ok=True)
         if not args.skip_data_check and not data_check(hp, logger):
-            logger.close()
-            return EXIT_BAD_INPUT
+            data_ok[0] = 0
+    if run.world_size > 1:
+        dist.broadcast(data_ok, src=0)  # every rank stops when rank 0's data check failed
+    if not bool(data_ok.item()):
+        logger.close()
+        if run.world_size > 1:
+            dist.destroy_process_group()
+        return EXIT_BAD_INPUT
 
     symbols = get_symbols(hp.symbol_set)
     model = Tacotron2(hp).to(device)
@@ -389,6 +396,7 @@ def train(args: argparse.Namespace) -> int:
             progress.close()
         logger.close()
         if run.world_size > 1 and dist.is_initialized():
+            dist.barrier()  # rank 0 may still be writing its last checkpoint
             dist.destroy_process_group()
     return status
 
@@ -449,7 +457,7 @@ def validation_round(run: Run, model: Tacotron2, val_loader, val_set, criterion,
                      optimizer, guard: AlignmentGuard, save) -> int:
     """Validation, diagnostics, milestones and red flags; returns an exit status (0 = go on)."""
     hp, logger, step = run.hp, run.logger, run.step
-    decision_code = torch.zeros(1, dtype=torch.long)
+    decision_code = torch.zeros(1, dtype=torch.long, device=run.device)  # NCCL wants it on the GPU
     if run.is_main:
         weight = guided_attention_weight(step, hp)
         result = validate(model, val_loader, criterion, hp, step, run.device, weight)
@@ -500,9 +508,9 @@ def validation_round(run: Run, model: Tacotron2, val_loader, val_set, criterion,
             print(f"RED FLAG STOP at step {step}: {decision.message}", file=sys.stderr)
     if run.world_size > 1:
         dist.broadcast(decision_code, src=0)  # every rank takes rank 0's decision
-        if run.rank != 0 and int(decision_code) == 1:
+        if run.rank != 0 and int(decision_code.item()) == 1:
             run.hp = remediated_hparams(run.hp)
-    if int(decision_code) == 2:
+    if int(decision_code.item()) == 2:
         return EXIT_RED_FLAG
     return 0
 
