@@ -293,7 +293,13 @@ def train(args: argparse.Namespace) -> int:
 
     if run.resume_from is not None:
         ckpt = run.resume_from
-        model.load_state_dict(ckpt["state_dict"])
+        try:
+            model.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as err:
+            raise CheckpointError(
+                f"{ckpt['path']}: its weights do not fit the model of these hparams (a changed "
+                f"model size? use --warm_start to load what fits): "
+                f"{' '.join(str(err).split())[:200]}") from None
         if ckpt.get("optimizer"):
             optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None and ckpt.get("scheduler"):

@@ -182,3 +182,10 @@ def test_diagnostics_on_the_training_run(tmp_path, trained):
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 0.0 <= float(proc.stdout.strip().splitlines()[-1]) <= 1.0
+
+
+def test_resume_with_another_model_size_is_one_line_error(tmp_path, trained):
+    latest = trained / "output" / "trial_0" / "checkpoint_LATEST"
+    proc = _train(tmp_path, "decoder_rnn_dim=48", "-c", str(latest), check=False)
+    assert proc.returncode == 2
+    assert "do not fit the model" in proc.stderr and "Traceback" not in proc.stderr
