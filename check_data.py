@@ -39,7 +39,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from audio import AudioError, audio_info, load_wav
-from data_utils import DataError, FilelistEntry, _audio_candidates, read_filelist
+from data_utils import DataError, FilelistEntry, audio_candidates, read_filelist
 from hparams import HParams, create_hparams
 from text import ArpabetError, UnknownCharacterError, clean_text, text_to_sequence, \
     unknown_characters
@@ -142,7 +142,7 @@ def _read_tolerant(filelist: str, data_root: str) -> Tuple[List[FilelistEntry], 
         if speaker == "":
             bad("bad_line", "empty speaker name after the second '|'")
             continue
-        candidates = _audio_candidates(audio, filelist, data_root)
+        candidates = audio_candidates(audio, filelist, data_root)
         found = next((c for c in candidates if os.path.isfile(c)), candidates[0])
         if not text:
             bad("empty_text", f"empty text for {audio}")

@@ -43,7 +43,7 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
 
-def _audio_candidates(audio: str, filelist: str, data_root: str) -> List[str]:
+def audio_candidates(audio: str, filelist: str, data_root: str) -> List[str]:
     """Where a filelist's audio path may live, in the order they are tried."""
     audio = os.path.expanduser(audio)
     if os.path.isabs(audio):
@@ -109,7 +109,7 @@ def read_filelist(path: str | os.PathLike, data_root: str = "",
             raise DataError(f"{where}: empty text for {audio}")
         if speaker == "":
             raise DataError(f"{where}: empty speaker name after the second '|'")
-        candidates = _audio_candidates(audio, filelist, data_root)
+        candidates = audio_candidates(audio, filelist, data_root)
         found = next((c for c in candidates if os.path.isfile(c)), None)
         if found is None and check_exists:
             hint = (" (NVIDIA filelists say DUMMY/: set data_root to your wav folder and drop "
