@@ -838,7 +838,7 @@ def load_alignment_file(path: str) -> Dict[str, Any]:
             "seconds_per_step": seconds, "free": free}
 
 
-def _pack(maps: List[np.ndarray]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pack_alignments(maps: List[np.ndarray]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Un-padded (T_i, N_i) maps -> zero-padded (B, T_max, N_max), text and decoder lengths."""
     max_t = max(a.shape[0] for a in maps)
     max_n = max(a.shape[1] for a in maps)
@@ -932,10 +932,10 @@ def evaluate_checkpoint(path: str, device: Optional[str] = None, filelist: Optio
                     free_maps.append(free_alignments[b, :t, : int(batch.text_lengths[b])])
                     free_names.append(names_all[indices[order[b]]])
                     hit_max.append(bool(free.hit_max_steps[b]))
-    A, text_lengths, decoder_lengths = _pack(maps)
+    A, text_lengths, decoder_lengths = pack_alignments(maps)
     free_out = None
     if inference:
-        FA, ftl, fdl = _pack(free_maps)
+        FA, ftl, fdl = pack_alignments(free_maps)
         free_out = {"alignments": FA, "text_lengths": ftl, "decoder_lengths": fdl,
                     "hit_max_steps": hit_max, "names": free_names}
     return {"kind": "checkpoint", "alignments": A, "text_lengths": text_lengths,

@@ -129,7 +129,7 @@ def validate(model: Tacotron2, val_loader, criterion: Tacotron2Loss, hp: HParams
     model.eval()
     totals: Dict[str, float] = {}
     count = 0
-    maps, text_lens, dec_lens, mel_lens = [], [], [], []
+    maps, mel_lens = [], []  # un-padded (T_i, N_i) maps; mel lengths
     example = None
     with torch.no_grad():
         for batch in val_loader:
@@ -143,14 +143,14 @@ def validate(model: Tacotron2, val_loader, criterion: Tacotron2Loss, hp: HParams
             count += size
             r = hp.n_frames_per_step
             steps = torch.div(batch.mel_lengths + r - 1, r, rounding_mode="floor")
-            maps.append(out.alignments.float().cpu().numpy())
-            text_lens.append(batch.text_lengths.cpu().numpy())
-            dec_lens.append(steps.cpu().numpy())
+            alignments = out.alignments.float().cpu().numpy()  # (B, T/r, N)
+            for b in range(size):
+                maps.append(alignments[b, :int(steps[b]), :int(batch.text_lengths[b])])
             mel_lens.append(batch.mel_lengths.cpu().numpy())
             if example is None:
-                n, t, m = int(batch.text_lengths[0]), int(steps[0]), int(batch.mel_lengths[0])
+                m = int(batch.mel_lengths[0])
                 example = {
-                    "alignment": out.alignments[0, :t, :n].float().cpu().numpy(),
+                    "alignment": maps[0],  # the first batch's first item
                     "mel_target": batch.mel[0, :, :m].float().cpu().numpy(),
                     "mel_predicted": out.mel_postnet[0, :, :m].float().cpu().numpy(),
                     "gate_target": batch.gate[0, :m].float().cpu().numpy(),
@@ -159,13 +159,9 @@ def validate(model: Tacotron2, val_loader, criterion: Tacotron2Loss, hp: HParams
     model.train()
     if count == 0:
         raise DataError(f"{hp.validation_files}: the validation set is empty")
-    max_t = max(a.shape[1] for a in maps)
-    max_n = max(a.shape[2] for a in maps)
-    padded = np.concatenate(
-        [np.pad(a, ((0, 0), (0, max_t - a.shape[1]), (0, max_n - a.shape[2]))) for a in maps])
-    snapshot = {"alignments": padded.astype(np.float32),
-                "text_lengths": np.concatenate(text_lens).astype(np.int64),
-                "decoder_lengths": np.concatenate(dec_lens).astype(np.int64),
+    padded, text_lengths, decoder_lengths = diag.pack_alignments(maps)
+    snapshot = {"alignments": padded, "text_lengths": text_lengths,
+                "decoder_lengths": decoder_lengths,
                 "mel_lengths": np.concatenate(mel_lens).astype(np.int64)}
     summary = diag.batch_metrics(snapshot["alignments"], snapshot["text_lengths"],
                                  snapshot["decoder_lengths"],
