@@ -6,17 +6,21 @@
     python check_data.py                     # the hparams' training_files and validation_files
 
 Each problem is printed as `<filelist>:<line>: <severity>: <message>`. Errors stop training
-(train.py runs the fast checks before it starts); warnings are things to look at. Exit status 1
-when there is an error, 0 otherwise.
+(train.py runs the fast checks before it starts and exits with status 2 on an error, unless
+--skip_data_check); `--write-clean` drops every flagged line; warnings are things to look at.
+Exit status 1 when there is an error, 2 for bad hparams or arguments, 0 otherwise.
 
-Errors: `bad_filelist` (missing, unreadable or empty filelist), `bad_line` (not `path|text` or
-`path|text|speaker`, not UTF-8), `empty_text`, `unknown_chars` (characters outside the symbol set
-after the cleaners; the cleaned text is shown), `missing_audio`, `unreadable_audio`,
-`sample_rate`, `empty_audio`, `silent`, `duplicate` (the same audio twice in one filelist),
-`overlap` (the same audio in two filelists, e.g. train and validation).
+Errors: `bad_filelist` (missing, unreadable or empty filelist; a missing one's message names the
+filelists beside it), `bad_line` (not `path|text` or `path|text|speaker`, not UTF-8),
+`empty_text`, `no_letters` (text of punctuation alone, e.g. "?!...": nothing to pronounce),
+`unknown_chars` (characters outside the symbol set after the cleaners; the cleaned text is
+shown), `missing_audio`, `unreadable_audio`, `sample_rate`, `empty_audio`, `too_long` (longer
+than hp.max_audio_seconds: one long clip pads its whole batch and can exhaust GPU memory days
+into a run), `silent`, `duplicate` (the same audio twice in one filelist), `overlap` (the same
+audio in two filelists, e.g. train and validation).
 Warnings: `dropped_chars` (unknown characters that drop_unknown_chars=True drops), `channels`,
-`too_short` / `too_long` (hp.min_audio_seconds / hp.max_audio_seconds), `clipping`,
-`near_silent`, `rate_outlier` (suspected text-audio mismatch, below).
+`too_short` (hp.min_audio_seconds), `clipping`, `near_silent`, `rate_outlier` (suspected
+text-audio mismatch, below).
 
 Speaking rate: seconds of audio per text symbol, in log scale, against the median of all the
 lines checked together, by a robust z-score `(x - median) / (1.4826 * MAD)`. A line with |z| above
@@ -39,10 +43,11 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from audio import AudioError, audio_info, load_wav
-from data_utils import DataError, FilelistEntry, audio_candidates, read_filelist
+from data_utils import FilelistEntry, read_filelist
 from hparams import HParams, create_hparams
 from text import ArpabetError, UnknownCharacterError, clean_text, text_to_sequence, \
     unknown_characters
+from text.symbols import get_symbols
 
 RATE_Z_THRESHOLD = 4.0  # |robust z| of log(seconds per symbol) above which a line is flagged
 RATE_MIN_LINES = 8  # fewer usable lines give no trustworthy median: the rate check is skipped
@@ -97,58 +102,16 @@ def _show(path: str) -> str:
 
 # ---------------------------------------------------------------------------- reading
 
-def _read_tolerant(filelist: str, data_root: str) -> Tuple[List[FilelistEntry], List[Problem]]:
-    """Every usable line of a filelist, and a problem for each line that is not.
+def _read(filelist: str, data_root: str) -> Tuple[List[FilelistEntry], List[Problem]]:
+    """Every usable line of a filelist, and an error for each line that is not.
 
-    read_filelist (what training uses) stops at the first bad line; this goes on, so that one
-    run lists every bad line. Lines read_filelist accepts come back exactly as it reads them.
+    The same reader as training's (`read_filelist`), in its collecting mode: training stops at
+    the first bad line, this goes on so that one run lists every bad line. Missing audio is
+    left to `_check_header`, which reports it with the other audio faults.
     """
-    try:
-        return read_filelist(filelist, data_root, check_exists=False), []
-    except DataError as err:
-        # "<filelist>: ..." is about the whole file; "<filelist>:<line>: ..." about one line
-        message = str(err)
-        if message.startswith(f"{filelist}: ") or not message.startswith(f"{filelist}:"):
-            return [], [Problem(filelist, 0, "error", "bad_filelist",
-                                message.removeprefix(f"{filelist}: "))]
-    # A line-level fault: go through the lines one by one, with read_filelist's rules.
-    with open(filelist, "rb") as f:
-        raw = f.read()
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    entries: List[FilelistEntry] = []
-    problems: List[Problem] = []
-    for number, raw_line in enumerate(raw.split(b"\n"), start=1):
-        def bad(kind: str, message: str) -> None:
-            problems.append(Problem(filelist, number, "error", kind, message))
-
-        try:
-            line = raw_line.decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError as err:
-            bad("bad_line", f"not UTF-8 ({err.reason} at byte {err.start})")
-            continue
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        fields = line.split("|")
-        if len(fields) not in (2, 3):
-            bad("bad_line", f"expected 'audio_path|text' or 'audio_path|text|speaker', found "
-                            f"{len(fields)} field(s) separated by '|'")
-            continue
-        audio, text = fields[0].strip(), fields[1].strip()
-        speaker = fields[2].strip() if len(fields) == 3 else None
-        if not audio:
-            bad("bad_line", "empty audio path")
-            continue
-        if speaker == "":
-            bad("bad_line", "empty speaker name after the second '|'")
-            continue
-        candidates = audio_candidates(audio, filelist, data_root)
-        found = next((c for c in candidates if os.path.isfile(c)), candidates[0])
-        if not text:
-            bad("empty_text", f"empty text for {audio}")
-            text = ""  # the audio is still checked
-        entries.append(FilelistEntry(os.path.abspath(found), text, speaker, filelist, number))
-    return entries, problems
+    entries, faults = read_filelist(filelist, data_root, check_exists=False,
+                                    collect_errors=True)
+    return entries, [Problem(f.file, f.line, "error", f.kind, f.message) for f in faults]
 
 
 # ---------------------------------------------------------------------------- checks
@@ -179,7 +142,25 @@ def _check_text(entry: FilelistEntry, hp: HParams) -> Tuple[Optional[int], List[
     if not ids:
         return None, problems + [Problem(*where, "error", "empty_text",
                                          f"text {entry.text!r} cleans to no symbols")]
+    if not any(_is_spoken(symbol) for symbol in _symbols(hp.symbol_set, ids)):
+        # Punctuation alone ("?!...") gives the attention nothing to walk along: such a line
+        # only teaches the decoder to babble, and it cannot align.
+        cleaned = clean_text(entry.text, hp.text_cleaners)
+        return None, problems + [Problem(*where, "error", "no_letters",
+                                         f"text {entry.text!r} has no letters (cleaned: "
+                                         f"{cleaned!r}); write out what is said or drop the "
+                                         f"line")]
     return len(ids), problems
+
+
+def _symbols(symbol_set: str, ids: Sequence[int]) -> List[str]:
+    table = get_symbols(symbol_set)
+    return [table[i] for i in ids]
+
+
+def _is_spoken(symbol: str) -> bool:
+    """A letter of the set or an ARPAbet phoneme ("@AA"): something that is pronounced."""
+    return symbol.isalpha() or (symbol.startswith("@") and len(symbol) > 1)
 
 
 def _check_header(entry: FilelistEntry, hp: HParams) -> Tuple[Optional[float], List[Problem]]:
@@ -209,10 +190,12 @@ def _check_header(entry: FilelistEntry, hp: HParams) -> Tuple[Optional[float], L
                                 f"{path}: {seconds:.2f} s, shorter than min_audio_seconds="
                                 f"{hp.min_audio_seconds:g}"))
     if seconds > hp.max_audio_seconds:
-        problems.append(Problem(*where, "warning", "too_long",
+        # An error, not a warning: one long clip in a batch sets the padded length of all of
+        # it (memory, and an out-of-memory crash days into a run), and long clips align last.
+        problems.append(Problem(*where, "error", "too_long",
                                 f"{path}: {seconds:.2f} s, longer than max_audio_seconds="
-                                f"{hp.max_audio_seconds:g} (long clips take much memory and "
-                                f"align late)"))
+                                f"{hp.max_audio_seconds:g}; split the clip, drop the line "
+                                f"(--write-clean) or raise max_audio_seconds"))
     return seconds, problems
 
 
@@ -294,7 +277,7 @@ def run_checks(filelists: Sequence[str], hp: Optional[HParams] = None,
     stats: List[LineStats] = []
     first_seen: Dict[str, Tuple[str, int]] = {}
     for filelist in map(os.fspath, filelists):
-        entries, read_problems = _read_tolerant(filelist, hp.data_root)
+        entries, read_problems = _read(filelist, hp.data_root)
         problems += read_problems
         for entry in entries:
             where = (entry.filelist, entry.line)

@@ -7,10 +7,12 @@ A checkpoint is a plain dict that `torch.load(path, weights_only=True)` reads: N
 """
 from __future__ import annotations
 
+import codecs
 import os
 import pickle
 import random
 import re
+import struct
 import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -63,6 +65,96 @@ def resolve_checkpoint(path: str) -> str:
     return path
 
 
+# torch.save's two formats: a zip archive (torch >= 1.6), or the legacy stream that starts with
+# a pickled magic number (protocol 2, LONG1 of 10 bytes: 0x1950a86a20f9469cfc6c).
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+# the global that torch's weights-only unpickler refused, in its two wordings:
+# "Trying to load unsupported GLOBAL posix.system whose module posix is blocked." and
+# "Unsupported global: GLOBAL eval was not an allowed global by default." (builtins. dropped)
+_blocked_global_re = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
+
+
+def _blocked_global(err: BaseException) -> Optional[str]:
+    """The `module.name` that a weights-only load refused, or None for other failures."""
+    if not isinstance(err, pickle.UnpicklingError):
+        return None
+    match = _blocked_global_re.search(str(err))
+    if match is None:
+        return None
+    module, _, name = match.group(1).rpartition(".")
+    if not module:
+        module = "builtins"  # torch prints builtins.eval as plain "eval"
+    elif module in ("posix", "nt"):
+        module = "os"  # os.system pickles as posix.system (nt.system on Windows)
+    return f"{module}.{name}"
+
+
+def _describe_start(head: bytes) -> str:
+    """What a file that is not a torch checkpoint looks like, from its first bytes."""
+    if head.startswith(b"\x80"):
+        return "a Python pickle without torch's header"
+    # incremental: a character cut at the end of `head` is not a decoding error
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        text = ""
+    if text and all(c.isprintable() or c in "\r\n\t" for c in text):
+        return f"text: {' '.join(text.split())[:40]!r}"
+    return f"unknown binary data starting {head[:8].hex(' ')}"
+
+
+def _refusal(path: str, err: BaseException) -> str:
+    """One line saying why torch.load refused `path`: no code, truncation, or not a checkpoint.
+
+    Told apart by the file itself (size, magic bytes, zip directory) rather than torch's wording,
+    which changes between versions; only the blocked global's name is read from the message.
+    """
+    blocked = _blocked_global(err)
+    if blocked is not None:
+        return (f"{path}: contains code (blocked global `{blocked}`) and was refused; it was not "
+                f"loaded")
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as os_err:
+        return f"{path}: cannot read ({os_err.strerror or type(os_err).__name__})"
+    # Readable here: an OSError of torch's (EINVAL on some cut zip files) is about the content.
+    if size == 0:
+        return f"{path}: truncated (the file is empty); copy it again or use an earlier checkpoint"
+    if head.startswith(_ZIP_MAGIC):
+        if not zipfile.is_zipfile(path):
+            return (f"{path}: truncated (a zip archive of {size} bytes without its closing "
+                    f"directory: the save or copy was cut short); copy it again or use an "
+                    f"earlier checkpoint")
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return (f"{path}: not a PyTorch checkpoint (a zip archive without torch's data.pkl); "
+                    f"give a checkpoint_<step> file or an NVIDIA .pt file")
+        return (f"{path}: damaged ({_first_sentence(err)}); copy it again or use an earlier "
+                f"checkpoint")
+    if head.startswith(_LEGACY_MAGIC):
+        # the legacy stream has no directory to check: running out of bytes is the sign
+        if isinstance(err, (EOFError, struct.error)) or "EOF" in str(err):
+            return (f"{path}: truncated (torch's legacy format, ends after {size} bytes); copy "
+                    f"it again or use an earlier checkpoint")
+        return (f"{path}: damaged (torch's legacy format: {_first_sentence(err)}); copy it "
+                f"again or use an earlier checkpoint")
+    return (f"{path}: not a PyTorch checkpoint ({_describe_start(head)}); give a "
+            f"checkpoint_<step> file or an NVIDIA .pt file")
+
+
+def _first_sentence(err: BaseException) -> str:
+    """torch's reason in a few words: its first sentence, never cut mid-word."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    sentence = text.split(". ")[0].rstrip(".")
+    if len(sentence) > 120:
+        sentence = sentence[:120].rsplit(" ", 1)[0] + " ..."
+    return sentence
+
+
 def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
     """Reads a checkpoint with `weights_only=True`; normalises NVIDIA and DDP layouts.
 
@@ -70,17 +162,17 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
         The dict, with `state_dict` stripped of `module.` prefixes. A bare state_dict file (keys
         are parameter names) is wrapped as `{"state_dict": ...}`.
     Raises:
-        CheckpointError: missing, unreadable, not a torch file, or holding no state_dict.
+        CheckpointError: one line: "<path>: not a PyTorch checkpoint (...)", "<path>: truncated
+            (...)", "<path>: contains code (blocked global `os.system`) and was refused; it was
+            not loaded", "<path>: damaged (...)", "<path>: cannot read (...)"; or a torch file
+            that holds no state_dict.
     """
     resolved = resolve_checkpoint(path)
     try:
         data = torch.load(resolved, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile,
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, struct.error,
             ValueError, AttributeError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"{resolved}: not a readable PyTorch checkpoint (corrupt, truncated or unsafe to "
-            f"load: {first[:200]})") from None
+        raise CheckpointError(_refusal(resolved, err)) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{resolved}: holds a {type(data).__name__}, not a checkpoint dict")
     if "state_dict" not in data:
@@ -198,6 +290,65 @@ def prune_checkpoints(run_dir: str, keep: int) -> List[str]:
     return removed
 
 
+# A temporary file of ours: `.tmp` then, for files written by save_checkpoint and _point_latest,
+# the writer's pid ("checkpoint_400.tmp12345", "checkpoint_LATEST.tmp12345"); the alignment
+# snapshots' temporaries ("step_400.npz.tmp.npz", or with a pid "step_400.tmp12345.npz") too.
+_temporary_re = re.compile(r"\.tmp(\d*)")
+
+
+def _temporaries(run_dir: str) -> List[str]:
+    """Checkpoint temporaries of the run folder and snapshot temporaries of its alignments/."""
+    found = []
+    for folder, prefix in ((run_dir, "checkpoint_"), (os.path.join(run_dir, "alignments"), "")):
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(folder, name)
+            if name.startswith(prefix) and _temporary_re.search(name) and (
+                    os.path.islink(path) or os.path.isfile(path)):
+                found.append(path)
+    return sorted(found)
+
+
+def remove_orphan_temporaries(run_dir: str) -> List[str]:
+    """Deletes temporary files that no running save will finish; returns their paths.
+
+    A save writes `<target>.tmp<pid>` and renames it; a process killed in between (pre-emption,
+    out of memory) leaves the temporary behind, a checkpoint's worth of disk each time. One is
+    an orphan when its writer's pid is not a live process, or when it is older than the newest
+    checkpoint (any save it belonged to has been overtaken; this also covers the snapshot
+    temporaries that carry no pid, and pids reused by unrelated processes).
+
+    This process's own pid counts as not writing: saves are synchronous, so none of this
+    process's saves is under way while it runs this. That matters in containers, where a
+    restarted trainer often gets the pid of the one that died. Call it at start-up, after
+    taking the run lock (runlock.RunLock), never while another thread of this process saves.
+    """
+    from runlock import pid_is_alive
+
+    checkpoints = list_checkpoints(run_dir)
+    newest_ns = os.stat(checkpoints[-1][1]).st_mtime_ns if checkpoints else None
+    removed = []
+    for path in _temporaries(run_dir):
+        digits = _temporary_re.search(os.path.basename(path)).group(1)
+        pid = int(digits) if digits else None
+        try:
+            mtime_ns = os.lstat(path).st_mtime_ns
+        except FileNotFoundError:
+            continue  # its save just finished (renamed) or another cleaner took it
+        overtaken = newest_ns is not None and mtime_ns < newest_ns
+        writer_gone = pid is not None and (pid == os.getpid() or not pid_is_alive(pid))
+        if overtaken or writer_gone:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+    return removed
+
+
 def hparams_from_checkpoint(ckpt: Dict[str, Any], overrides: Optional[str] = None,
                             fallback: Optional[HParams] = None) -> HParams:
     """The run's hparams stored in `ckpt` (then `overrides` on top).
@@ -299,3 +450,32 @@ def _transliterate_symbol(symbol: str) -> Optional[str]:
         return None
     latin = unidecode(symbol).lower()
     return latin[0] if latin and latin[0].isalpha() else None
+
+
+def restore_training_state(ckpt: Dict[str, Any], model: torch.nn.Module,
+                           optimizer: torch.optim.Optimizer, scheduler: Any = None,
+                           scaler: Any = None) -> Dict[str, Any]:
+    """Puts a run's checkpoint back into a freshly built model, optimizer, scheduler and scaler,
+    and restores every RNG, so training continues as if it had never stopped.
+
+    Returns:
+        The checkpoint's `extra` dict (guards, epoch and position in it, sampler state).
+
+    Raises:
+        CheckpointError: weights that do not fit the model of these hparams.
+    """
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{ckpt['path']}: its weights do not fit the model of these hparams (a changed "
+            f"model size? use --warm_start to load what fits): "
+            f"{' '.join(str(err).split())[:200]}") from None
+    if ckpt.get("optimizer"):
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler"):
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and scaler.is_enabled() and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    restore_rng_state(ckpt.get("rng"))
+    return dict(ckpt.get("extra") or {})

@@ -1,12 +1,18 @@
-"""Small pure helpers shared by the model, the loss and the diagnostics.
+"""Small helpers shared by the model, the loss, training, inference and the diagnostics.
 
-Every helper is device-agnostic: tensors are built on the device of the lengths passed in.
+One implementation each: masks, decoder lengths, device choice, autocast. Tensors are built on
+the device of the lengths passed in.
 """
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Any, ContextManager, Optional
 
 import torch
+
+
+class DeviceError(ValueError):
+    """A device name that cannot be used on this machine."""
 
 
 def sequence_mask(lengths: torch.Tensor, max_len: Optional[int] = None) -> torch.Tensor:
@@ -25,18 +31,47 @@ def sequence_mask(lengths: torch.Tensor, max_len: Optional[int] = None) -> torch
     return positions.unsqueeze(0) < lengths.unsqueeze(1)
 
 
-def decoder_lengths(mel_lengths: torch.Tensor, n_frames_per_step: int) -> torch.Tensor:
-    """Decoder steps per utterance, `ceil(mel_len / r)`.
+def decoder_lengths(mel_lengths: Any, n_frames_per_step: int) -> Any:
+    """Decoder steps per utterance, `ceil(mel_len / r)`: the one implementation.
 
     Args:
-        mel_lengths: Long (B,) mel frames.
+        mel_lengths: mel frames: an int, an integer ndarray or a Long tensor (any shape).
         n_frames_per_step: r, mel frames produced per decoder step.
 
     Returns:
-        Long (B,) on the device of `mel_lengths`.
+        The same kind as `mel_lengths` (a tensor stays on its device).
     """
     r = int(n_frames_per_step)
-    return torch.div(mel_lengths + (r - 1), r, rounding_mode="floor")
+    return (mel_lengths + (r - 1)) // r
+
+
+def choose_device(name: Optional[str] = None) -> torch.device:
+    """The device to run on: `name` ("cpu", "cuda", "cuda:1", "mps"), else CUDA when available.
+
+    Raises:
+        DeviceError: a name torch does not know, or a CUDA device this machine does not have.
+    """
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"--device {name}: not a device name (cpu, cuda, cuda:1 ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {name}: CUDA is not available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {name}: this machine has {torch.cuda.device_count()} "
+                              f"CUDA device(s)")
+    return device
+
+
+def autocast_context(precision: str, device: torch.device) -> ContextManager:
+    """torch.autocast on the device's type for "bf16"/"fp16"; a no-op for "fp32"."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def guided_attention_matrix(text_lengths: torch.Tensor, decoder_lengths: torch.Tensor,

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from audio import (AUDIO_HPARAMS, AudioError, audio_info, mel_from_file,
                    sample_rate_message)
+from commons import decoder_lengths
 from text import ArpabetError, UnknownCharacterError, text_to_sequence
 
 # Bumped when the mel recipe changes in a way the hparams do not show, so old caches go stale.
@@ -26,7 +27,15 @@ _MEL_CACHE_FORMAT = 1
 
 
 class DataError(ValueError):
-    """A bad filelist line or audio file; the message starts with "<filelist>:<line>: "."""
+    """A bad filelist line or audio file; the message starts with "<filelist>:<line>: ".
+
+    Attributes:
+        problem: the FilelistProblem when `read_filelist` raised it, else None.
+    """
+
+    def __init__(self, message: str, problem: Optional["FilelistProblem"] = None):
+        super().__init__(message)
+        self.problem = problem
 
 
 class FilelistEntry(NamedTuple):
@@ -55,8 +64,54 @@ def audio_candidates(audio: str, filelist: str, data_root: str) -> List[str]:
     return list(dict.fromkeys(candidates))  # the two coincide when the filelist is in the cwd
 
 
-def read_filelist(path: str | os.PathLike, data_root: str = "",
-                  check_exists: bool = True) -> List[FilelistEntry]:
+class FilelistProblem(NamedTuple):
+    """One fault of a filelist, as `read_filelist(..., collect_errors=True)` reports it.
+
+    `kind` tells faults apart without reading the message:
+      "bad_filelist"  the filelist is missing, unreadable or holds no utterance (line 0);
+      "bad_line"      not UTF-8, not 2 or 3 '|' fields, an empty audio path or speaker;
+      "empty_text"    nothing after the first '|';
+      "missing_audio" the audio file does not exist (only when check_exists).
+    """
+    kind: str
+    file: str  # the filelist as given
+    line: int  # 1-based; 0 = the filelist as a whole
+    message: str  # without the "<file>:<line>: " prefix
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.message}"
+
+
+FILELIST_PROBLEM_KINDS = ("bad_filelist", "bad_line", "empty_text", "missing_audio")
+
+_FILELIST_SUFFIXES = (".txt", ".csv", ".tsv", ".list", ".lst")
+_MAX_LISTED = 8  # sibling filelists named in a "no such filelist" message
+
+
+def _no_such_filelist(filelist: str) -> str:
+    """"no such filelist; filelists in <folder>/: a.txt, b.txt": what the user may have meant."""
+    folder = os.path.dirname(filelist)
+    shown = (folder or ".") + "/"
+    try:
+        names = sorted(n for n in os.listdir(folder or ".") if not n.startswith(".")
+                       and os.path.isfile(os.path.join(folder or ".", n)))
+    except FileNotFoundError:
+        return f"no such filelist; the folder {shown} does not exist"
+    except OSError as err:
+        return f"no such filelist; cannot list {shown}: {_one_line(err)}"
+    lists = [n for n in names if n.lower().endswith(_FILELIST_SUFFIXES)] or names
+    if not lists:
+        return f"no such filelist; {shown} holds no files"
+    listed = ", ".join(lists[:_MAX_LISTED])
+    more = f", ... ({len(lists) - _MAX_LISTED} more)" if len(lists) > _MAX_LISTED else ""
+    what = "filelists" if lists is not names else "files"
+    return f"no such filelist; {what} in {shown}: {listed}{more}"
+
+
+def read_filelist(path: str | os.PathLike, data_root: str = "", check_exists: bool = True,
+                  collect_errors: bool = False
+                  ) -> List[FilelistEntry] | Tuple[List[FilelistEntry], List[FilelistProblem]]:
     """Parses a filelist.
 
     Blank lines and lines starting with '#' are skipped; a UTF-8 byte-order mark is accepted.
@@ -66,61 +121,82 @@ def read_filelist(path: str | os.PathLike, data_root: str = "",
     Args:
         path: the filelist.
         data_root: folder for relative audio paths; "" = the filelist's folder, then the cwd.
-        check_exists: raise on an audio file that does not exist.
+        check_exists: a missing audio file is a fault ("missing_audio").
+        collect_errors: False = raise at the first fault (what training wants); True = go on
+            and return every fault (what check_data.py wants, to list them all in one run).
 
     Returns:
-        one FilelistEntry per utterance, in file order.
+        collect_errors=False: one FilelistEntry per utterance, in file order.
+        collect_errors=True: (entries, problems): the entries of the good lines, exactly as the
+            raising mode reads them, and one FilelistProblem per bad line (or one for the whole
+            file), in line order.
 
     Raises:
-        DataError: "<filelist>:<line>: ..." for a line that is not UTF-8, has the wrong number
-            of '|' fields, an empty path, text or speaker, or names a missing audio file;
-            "<filelist>: ..." for a missing, unreadable or empty filelist.
+        DataError (only when collect_errors=False): "<filelist>:<line>: ..." for a line that is
+            not UTF-8, has the wrong number of '|' fields, an empty path, text or speaker, or
+            names a missing audio file; "<filelist>: ..." for a missing, unreadable or empty
+            filelist. Its `problem` attribute holds the FilelistProblem.
     """
     filelist = os.fspath(path)
+    problems: List[FilelistProblem] = []
+
+    def fault(kind: str, line: int, message: str) -> None:
+        problem = FilelistProblem(kind, filelist, line, message)
+        if not collect_errors:
+            raise DataError(str(problem), problem=problem)
+        problems.append(problem)
+
     try:
         with open(filelist, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        raise DataError(f"{filelist}: no such filelist") from None
+        fault("bad_filelist", 0, _no_such_filelist(filelist))
+        return [], problems
     except OSError as err:
-        raise DataError(f"{filelist}: cannot read filelist: {_one_line(err)}") from None
+        fault("bad_filelist", 0, f"cannot read filelist: {_one_line(err)}")
+        return [], problems
     if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark some editors write
         raw = raw[3:]
 
     entries: List[FilelistEntry] = []
     for number, raw_line in enumerate(raw.split(b"\n"), start=1):
-        where = f"{filelist}:{number}"
         try:
             line = raw_line.decode("utf-8").rstrip("\r")
         except UnicodeDecodeError as err:
-            raise DataError(f"{where}: not UTF-8 ({err.reason} at byte {err.start}); "
-                            f"save the filelist as UTF-8") from None
+            fault("bad_line", number, f"not UTF-8 ({err.reason} at byte {err.start}); "
+                                      f"save the filelist as UTF-8")
+            continue
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         fields = line.split("|")
         if len(fields) not in (2, 3):
-            raise DataError(f"{where}: expected 'audio_path|text' or 'audio_path|text|speaker', "
-                            f"found {len(fields)} field(s) separated by '|'")
+            fault("bad_line", number, f"expected 'audio_path|text' or 'audio_path|text|speaker', "
+                                      f"found {len(fields)} field(s) separated by '|'")
+            continue
         audio, text = fields[0].strip(), fields[1].strip()
         speaker = fields[2].strip() if len(fields) == 3 else None
         if not audio:
-            raise DataError(f"{where}: empty audio path")
+            fault("bad_line", number, "empty audio path")
+            continue
         if not text:
-            raise DataError(f"{where}: empty text for {audio}")
+            fault("empty_text", number, f"empty text for {audio}")
+            continue
         if speaker == "":
-            raise DataError(f"{where}: empty speaker name after the second '|'")
+            fault("bad_line", number, "empty speaker name after the second '|'")
+            continue
         candidates = audio_candidates(audio, filelist, data_root)
         found = next((c for c in candidates if os.path.isfile(c)), None)
         if found is None and check_exists:
             hint = (" (NVIDIA filelists say DUMMY/: set data_root to your wav folder and drop "
                     "the prefix, or link DUMMY to it)" if "DUMMY" in audio else "")
-            raise DataError(f"{where}: audio file {audio} not found; looked for "
-                            f"{' and '.join(candidates)}{hint}")
+            fault("missing_audio", number, f"audio file {audio} not found; looked for "
+                                            f"{' and '.join(candidates)}{hint}")
+            continue
         entries.append(FilelistEntry(os.path.abspath(found or candidates[0]), text, speaker,
                                      filelist, number))
-    if not entries:
-        raise DataError(f"{filelist}: the filelist holds no utterances")
-    return entries
+    if not entries and not problems:
+        fault("bad_filelist", 0, "the filelist holds no utterances")
+    return (entries, problems) if collect_errors else entries
 
 
 # ---------------------------------------------------------------------------- dataset
@@ -277,10 +353,20 @@ class Batch(NamedTuple):
     gate: torch.Tensor  # Float (B, T_max): 1 from frame mel_len - 1 on
     mel_lengths: torch.Tensor  # Long (B,), true lengths
     speakers: Optional[torch.Tensor]  # Long (B,) or None
+    # Long (B,) on the CPU: row b holds the item that was order[b]-th in the list given to the
+    # collate, which sorts by text length. `x[batch.order.argsort()]` puts rows back in input
+    # order. None for a Batch built by hand with six fields.
+    order: Optional[torch.Tensor] = None
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
-        return Batch(*(None if t is None else t.to(device, non_blocking=non_blocking)
-                       for t in self))
+        """The tensors on `device`; `order` stays on the CPU.
+
+        `order` indexes Python lists (file names, entries), so it is kept where reading it costs
+        no device synchronisation.
+        """
+        moved = [None if t is None else t.to(device, non_blocking=non_blocking)
+                 for t in self[:-1]]
+        return Batch(*moved, order=self.order)
 
 
 class TextMelCollate:
@@ -298,19 +384,19 @@ class TextMelCollate:
 
         Returns:
             Batch; the gate target is 0 before the last real frame and 1 from it onward,
-            padding included, as NVIDIA's.
+            padding included, as NVIDIA's. `order[b]` is the index in `items` of row b.
         """
         n_mel = items[0][1].shape[0]
         for ids, mel, *_ in items:
             if mel.dim() != 2 or mel.shape[0] != n_mel:
                 raise ValueError(f"mels in a batch must be (n_mel={n_mel}, T), got "
                                  f"{tuple(mel.shape)}")
-        text_lengths, order = torch.sort(torch.tensor([len(it[0]) for it in items]),
-                                         descending=True, stable=True)
-        order = order.tolist()
+        text_lengths, order_tensor = torch.sort(torch.tensor([len(it[0]) for it in items]),
+                                                descending=True, stable=True)
+        order = order_tensor.tolist()
         mel_lengths = torch.tensor([items[i][1].shape[1] for i in order], dtype=torch.long)
         r = self.n_frames_per_step
-        t_max = -(-int(mel_lengths.max()) // r) * r  # rounded up to a multiple of r
+        t_max = decoder_lengths(int(mel_lengths.max()), r) * r  # rounded up to a multiple of r
 
         text = torch.zeros(len(items), int(text_lengths[0]), dtype=torch.long)
         mel = torch.zeros(len(items), n_mel, t_max, dtype=torch.float32)
@@ -323,7 +409,8 @@ class TextMelCollate:
         speakers = None
         if len(items[0]) > 2:
             speakers = torch.tensor([int(items[i][2]) for i in order], dtype=torch.long)
-        return Batch(text, text_lengths.long(), mel, gate, mel_lengths, speakers)
+        return Batch(text, text_lengths.long(), mel, gate, mel_lengths, speakers,
+                     order_tensor.long())
 
 
 # ---------------------------------------------------------------------------- samplers
@@ -352,6 +439,16 @@ def curriculum_max_text_length(step: int, hp, text_lengths: Sequence[int]) -> Op
     return int(np.quantile(np.asarray(text_lengths), min(share, 1.0), method="higher"))
 
 
+class SamplerStateError(ValueError):
+    """A saved sampler state that does not fit this sampler (other data or settings)."""
+
+
+# The settings that, with the epoch and the offered items, decide an epoch's batch list. A saved
+# state is only continued by a sampler that agrees on all of them.
+_ORDER_SETTINGS = ("seed", "batch_size", "shuffle", "num_replicas", "bucket_size_multiplier",
+                   "drop_last", "bucket")
+
+
 class LengthBucketSampler:
     """Batch sampler: batches of similar length, shuffled, seeded, shardable across ranks.
 
@@ -362,7 +459,14 @@ class LengthBucketSampler:
     `num_replicas`-th batch starting at `rank`; the list is first padded by repeating batches from
     its start (or cut, with drop_last) so every rank gets the same number.
     `bucket=False` skips the sorting: plain random batches, for comparison.
+
+    The batch list of an epoch is a pure function of (the settings, the item lengths, the epoch,
+    the offered items, the rank): no global RNG is read. So a run stopped after `k` batches of
+    epoch `e` continues exactly where it was with `set_epoch(e, start_batch=k)` (or
+    `load_state_dict(state_dict(position=k))`, which also restores the offered items).
     """
+
+    STATE_VERSION = 1
 
     def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True,
                  seed: int = 0, num_replicas: int = 1, rank: int = 0,
@@ -388,14 +492,25 @@ class LengthBucketSampler:
         self.drop_last = drop_last
         self.bucket = bucket
         self.epoch = 0
+        self.start_batch = 0  # where this epoch's iteration starts (a resumed epoch)
         self.allowed: Optional[np.ndarray] = None  # None = every item
+        self.max_text_length: Optional[int] = None  # the curriculum cap behind `allowed`
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Selects the epoch's batch list; iteration starts at its `start_batch`-th batch.
+
+        `start_batch` counts this rank's batches of the epoch (those already trained before a
+        restart). It holds for every iteration until the next `set_epoch`, which resets it.
+        """
+        if epoch < 0 or start_batch < 0:
+            raise ValueError(f"set_epoch({epoch}, start_batch={start_batch}): both must be >= 0")
+        self.epoch = int(epoch)
+        self.start_batch = int(start_batch)
 
     def set_allowed(self, indices: Optional[Sequence[int]]) -> None:
         """Offer only these item indices from the next epoch on; None = every item."""
         self.allowed = None if indices is None else np.unique(np.asarray(indices, np.int64))
+        self.max_text_length = None
 
     def set_max_text_length(self, cap: Optional[int],
                             text_lengths: Optional[Sequence[int]] = None) -> int:
@@ -409,6 +524,7 @@ class LengthBucketSampler:
         """
         if cap is None:
             self.allowed = None
+            self.max_text_length = None
             return len(self.lengths)
         lengths = self.text_lengths if text_lengths is None else np.asarray(text_lengths, np.int64)
         if lengths is None:
@@ -418,6 +534,7 @@ class LengthBucketSampler:
         if len(allowed) < least:
             allowed = np.sort(np.argsort(lengths, kind="stable")[:least])
         self.allowed = allowed
+        self.max_text_length = int(cap)
         return len(allowed)
 
     def _offered(self) -> np.ndarray:
@@ -425,6 +542,8 @@ class LengthBucketSampler:
 
     def epoch_batches(self) -> List[List[int]]:
         """Every batch of this epoch, all ranks together, in order."""
+        # A generator of its own, seeded by (seed, epoch): the global RNGs are neither read nor
+        # advanced, so the order does not depend on what else the run drew from them.
         rng = np.random.default_rng(self.seed + self.epoch)
         items = self._offered()
         if self.shuffle:
@@ -455,9 +574,14 @@ class LengthBucketSampler:
         return batches[self.rank::replicas]
 
     def __iter__(self) -> Iterator[List[int]]:
-        return iter(self._rank_share(self.epoch_batches()))
+        share = self._rank_share(self.epoch_batches())
+        if self.start_batch > len(share):
+            raise ValueError(f"sampler: start_batch {self.start_batch} is past the end of epoch "
+                             f"{self.epoch}, which has {len(share)} batches on this rank")
+        return iter(share[self.start_batch:])
 
-    def __len__(self) -> int:
+    def batches_per_epoch(self) -> int:
+        """This rank's batches in a whole epoch of the offered items, `start_batch` ignored."""
         n = len(self._offered())
         batches = n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
         if self.num_replicas == 1:
@@ -466,8 +590,111 @@ class LengthBucketSampler:
             return batches // self.num_replicas
         return math.ceil(batches / self.num_replicas)
 
+    def __len__(self) -> int:
+        """Batches the next iteration yields: the epoch's batches from `start_batch` on."""
+        return max(0, self.batches_per_epoch() - self.start_batch)
+
+    # ------------------------------------------------------------------ resume
+    def _lengths_digest(self) -> str:
+        return hashlib.sha1(self.lengths.astype("<i8").tobytes()).hexdigest()
+
+    def state_dict(self, position: Optional[int] = None) -> dict:
+        """Everything that decides this epoch's order and where it stands, as JSON-able values.
+
+        Args:
+            position: this rank's batches of the epoch already trained (the index of the next
+                batch to train on); None = `start_batch`. The sampler cannot count them
+                itself: a DataLoader's workers draw batches ahead of the training loop.
+
+        Returns:
+            {"version", "epoch", "start_batch", "max_text_length" (curriculum cap or None),
+            "allowed" (offered item indices or None = all), "n_items", "lengths_sha1", "rank",
+            "batches_per_epoch", and the settings seed, batch_size, shuffle, num_replicas,
+            bucket_size_multiplier, drop_last, bucket}.
+        """
+        start = self.start_batch if position is None else int(position)
+        if start < 0:
+            raise ValueError(f"sampler state_dict: position {start} must be >= 0")
+        state = {name: getattr(self, name) for name in _ORDER_SETTINGS}
+        state.update({
+            "version": self.STATE_VERSION,
+            "epoch": int(self.epoch),
+            "start_batch": start,
+            "max_text_length": self.max_text_length,
+            "allowed": None if self.allowed is None else [int(i) for i in self.allowed],
+            "n_items": int(len(self.lengths)),
+            "lengths_sha1": self._lengths_digest(),
+            "rank": int(self.rank),  # informational: every rank loads rank 0's state
+            "batches_per_epoch": self.batches_per_epoch(),
+        })
+        state["seed"] = int(state["seed"])
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continues a saved epoch: its number, its offered items and its position.
+
+        The sampler keeps its own rank, so every rank can load the state rank 0 saved.
+
+        Raises:
+            SamplerStateError: the state was saved by a sampler over other item lengths (a
+                changed filelist) or with other order settings (batch_size, seed, ...), or is
+                malformed; nothing is changed then. The order cannot be continued exactly:
+                start the epoch from its beginning with `set_epoch(epoch)` instead.
+        """
+        def refuse(why: str) -> None:
+            raise SamplerStateError(f"sampler state: {why}; the saved data order cannot be "
+                                    f"continued exactly (start the epoch afresh with set_epoch)")
+
+        if not isinstance(state, dict) or state.get("version") != self.STATE_VERSION:
+            refuse(f"not a version-{self.STATE_VERSION} sampler state")
+        missing = [k for k in _ORDER_SETTINGS + ("epoch", "start_batch", "allowed", "n_items",
+                                                 "lengths_sha1") if k not in state]
+        if missing:
+            refuse(f"missing {', '.join(missing)}")
+        changed = [f"{name} {state[name]!r} saved, {getattr(self, name)!r} now"
+                   for name in _ORDER_SETTINGS if state[name] != getattr(self, name)]
+        if changed:
+            refuse(", ".join(changed))
+        if state["n_items"] != len(self.lengths):
+            refuse(f"saved over {state['n_items']} items, now {len(self.lengths)} (the filelist "
+                   f"changed)")
+        if state["lengths_sha1"] != self._lengths_digest():
+            refuse(f"the {len(self.lengths)} item lengths differ from the saved ones (the "
+                   f"filelist or its audio changed)")
+        allowed = state["allowed"]
+        if allowed is not None:
+            allowed = np.asarray(allowed, dtype=np.int64)
+            if allowed.ndim != 1 or (allowed.size and (allowed.min() < 0
+                                                       or allowed.max() >= len(self.lengths))):
+                refuse(f"offered item indices outside 0..{len(self.lengths) - 1}")
+            allowed = np.unique(allowed)
+        epoch, start = int(state["epoch"]), int(state["start_batch"])
+        if epoch < 0 or start < 0:
+            refuse(f"epoch {epoch} and start_batch {start} must be >= 0")
+        previous = (self.epoch, self.start_batch, self.allowed, self.max_text_length)
+        self.epoch, self.start_batch, self.allowed = epoch, start, allowed
+        cap = state.get("max_text_length")
+        self.max_text_length = None if cap is None else int(cap)
+        if start > self.batches_per_epoch():
+            self.epoch, self.start_batch, self.allowed, self.max_text_length = previous
+            refuse(f"start_batch {start} is past the end of epoch {epoch} "
+                   f"({self.batches_per_epoch()} batches on this rank)")
+
 
 # ---------------------------------------------------------------------------- loaders
+
+def loader_generator(seed: int) -> torch.Generator:
+    """A CPU generator for a DataLoader, so creating its iterators leaves torch's global RNG alone.
+
+    Each `iter(loader)` draws the workers' base seed from `loader.generator`, or from the global
+    RNG when it has none; a resumed run then starts the global RNG from another state than the
+    straight run had at the same step. Reseed it per epoch (`loader.generator.manual_seed(...)`)
+    to make the workers' seeds a function of the epoch too.
+    """
+    generator = torch.Generator()
+    generator.manual_seed(int(seed))
+    return generator
+
 
 def prepare_dataloaders(hp, run_dir: Optional[str] = None, rank: int = 0, world_size: int = 1
                         ) -> Tuple[DataLoader, DataLoader, TextMelDataset, TextMelDataset]:
@@ -476,7 +703,9 @@ def prepare_dataloaders(hp, run_dir: Optional[str] = None, rank: int = 0, world_
     The training loader's batch_sampler is a `LengthBucketSampler` (length buckets when
     hp.bucket_batches, plain random batches otherwise; `rank`'s share under DDP): call its
     `set_epoch(epoch)` each epoch and `set_max_text_length` for curriculum learning. The
-    validation loader is unshuffled and unsharded (every rank sees every item).
+    validation loader is unshuffled and unsharded (every rank sees every item). Both loaders
+    have a generator of their own (seeded from hp.seed), so `iter(loader)` does not draw from
+    torch's global RNG.
 
     Args:
         run_dir: the run folder; mels are cached in <run_dir>/mel_cache when hp.mel_cache.
@@ -495,7 +724,8 @@ def prepare_dataloaders(hp, run_dir: Optional[str] = None, rank: int = 0, world_
     pin = torch.cuda.is_available()
     workers = dict(num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
     train_loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate,
-                              pin_memory=pin, **workers)
+                              pin_memory=pin, generator=loader_generator(hp.seed), **workers)
     val_loader = DataLoader(val_set, batch_size=hp.batch_size, shuffle=False,
-                            collate_fn=collate, pin_memory=pin, **workers)
+                            collate_fn=collate, pin_memory=pin,
+                            generator=loader_generator(hp.seed + 1), **workers)
     return train_loader, val_loader, train_set, val_set

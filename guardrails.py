@@ -1,15 +1,30 @@
-"""What the trainer does with its own attention scores: milestones, red flags, remediation.
+"""What a run's own scores mean: success criteria, milestones, red flags, remediation, divergence.
 
-The scores themselves come from `alignment_diagnostics` (one implementation); this module only
-decides. `AlignmentGuard` is plain state that a checkpoint carries (`state_dict`), so a resumed run
-knows whether it already remediated.
+The scores come from `alignment_metrics` (one implementation); this module only judges them
+against the hparams (docs/alignment_metrics.md, "Success criteria" and "Red flags"). The guards
+are plain state that a checkpoint carries (`state_dict`), so a resumed run knows whether it
+already remediated, which milestones it has judged and how its recent losses looked.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Optional
+import bisect
+import math
+from collections import deque
+from typing import Any, Deque, Dict, List, NamedTuple, Optional
 
-from alignment_diagnostics import criterion_for_step, red_flags
+import numpy as np
+
 from hparams import HParams
+from messages import message
+
+DIVERGENCE_FLAG = 5
+# The warning "teacher-forced passes, free-running does not" needs this many validations in a
+# row: one bad free-running decode early on is normal.
+TF_ONLY_VALIDATIONS = 3
+FREE_RUNNING_NEAR_ZERO = 0.1
+# Losses needed before the running median judges an explosion: the first steps of a run fall
+# fast, and a median of a handful of them would be noise.
+DIVERGENCE_MIN_HISTORY = 10
 
 REMEDIES = ("check the data: python check_data.py {train} {val} (text-audio pairs, silence, "
             "sample rates)",
@@ -17,26 +32,144 @@ REMEDIES = ("check the data: python check_data.py {train} {val} (text-audio pair
             "turn curriculum learning on: --hparams=curriculum=true (short texts first)")
 
 
-class GuardDecision(NamedTuple):
-    action: str  # continue | warn | remediate | stop
-    flags: List[Dict[str, Any]]
-    message: str
+# ---------------------------------------------------------------------------------- criteria
+def criterion_for_step(step: int, hp: HParams,
+                       diagonal_score: Optional[float] = None) -> Optional[Dict[str, Any]]:
+    """The success criterion that judges `step`: the largest milestone at or below it.
+
+    Args:
+        step: training step.
+        hp: `success_steps` and `success_thresholds` are read.
+        diagonal_score: when given, `value` and `passed` (value > threshold) are added.
+
+    Returns:
+        None before the first milestone, else {"step", "threshold", "next_step",
+        "next_threshold"} (the next two None at the last milestone), plus "value" and "passed".
+    """
+    steps, thresholds = list(hp.success_steps), list(hp.success_thresholds)
+    i = bisect.bisect_right(steps, step) - 1
+    if i < 0:
+        return None
+    has_next = i + 1 < len(steps)
+    out: Dict[str, Any] = {"step": int(steps[i]), "threshold": float(thresholds[i]),
+                           "next_step": int(steps[i + 1]) if has_next else None,
+                           "next_threshold": float(thresholds[i + 1]) if has_next else None}
+    if diagonal_score is not None:
+        out["value"] = float(diagonal_score)
+        out["passed"] = bool(diagonal_score > thresholds[i])
+    return out
+
+
+def next_milestone(step: int, hp: HParams) -> Optional[Dict[str, Any]]:
+    """The first milestone after `step`: {"step", "threshold"}, or None after the last."""
+    i = bisect.bisect_right(list(hp.success_steps), step)
+    if i >= len(hp.success_steps):
+        return None
+    return {"step": int(hp.success_steps[i]), "threshold": float(hp.success_thresholds[i])}
+
+
+# ---------------------------------------------------------------------------------- red flags
+def _flag(flag_id: int, lang: str, text_key: str, **fields: Any) -> Dict[str, Any]:
+    return {"id": flag_id, "name": message(lang, f"flag{flag_id}_name"),
+            "message": message(lang, text_key, **fields)}
+
+
+def red_flags(step: int, summary: Dict[str, Any], guided_term: Optional[float], hp: HParams,
+              lang: str = "en") -> List[Dict[str, Any]]:
+    """The red flags that are up at `step`.
+
+    Flags 1-4 are judged from `hp.red_flag_start_step` on; flag 5 (divergence: non-finite
+    attention) at any step, since a run that writes NaN cannot recover by waiting.
+
+    Args:
+        step: training step of the validation.
+        summary: `alignment_metrics.batch_metrics` output; a diagnostics.jsonl record
+            ("metrics", "failure_counts", "n_items") works too (flag 3 then counts `diffuse`).
+        guided_term: guided-attention weight x loss as it entered the total; None = unknown
+            (flag 2 is not judged).
+        hp: thresholds (`red_flag_*`) and success criteria.
+        lang: language of the messages.
+
+    Returns:
+        [{"id": 1..5, "name": str, "message": str}], in id order.
+    """
+    if step is None:
+        return []
+    counts = summary.get("failure_counts") or {}
+    per_item = summary.get("per_item")
+    n_items = int(summary.get("n_items", len(per_item) if per_item is not None else 0))
+    broken = int(counts.get("non_finite", 0))
+    late_flags: List[Dict[str, Any]] = []
+    if step >= hp.red_flag_start_step:
+        late_flags = _judged_flags(step, summary, guided_term, hp, lang, counts, per_item,
+                                   n_items)
+    if broken:
+        late_flags.append(_flag(DIVERGENCE_FLAG, lang, "flag5_nonfinite_attention", count=broken,
+                                n=n_items))
+    return late_flags
+
+
+def _judged_flags(step: int, summary: Dict[str, Any], guided_term: Optional[float],
+                  hp: HParams, lang: str, counts: Dict[str, int],
+                  per_item: Optional[List[Dict[str, Any]]], n_items: int) -> List[Dict[str, Any]]:
+    mean = summary.get("mean") or summary.get("metrics") or {}
+    diagonal = float(mean["diagonal_score"])
+    flags = []
+    if not diagonal >= hp.red_flag_diagonal:  # NaN is below every threshold too
+        flags.append(_flag(1, lang, "flag1", value=diagonal, threshold=hp.red_flag_diagonal,
+                           step=step))
+    criterion = criterion_for_step(step, hp, diagonal)
+    if (guided_term is not None and guided_term < hp.red_flag_guided_term
+            and criterion is not None and not criterion["passed"]):
+        flags.append(_flag(2, lang, "flag2", value=float(guided_term),
+                           threshold=hp.red_flag_guided_term, diagonal=diagonal,
+                           milestone=criterion["step"], criterion=criterion["threshold"]))
+    if per_item:
+        all_low = all(item["max_attention"] < hp.red_flag_max_attention for item in per_item)
+    else:
+        all_low = n_items > 0 and counts.get("diffuse", 0) == n_items
+    if all_low:
+        flags.append(_flag(3, lang, "flag3", threshold=hp.red_flag_max_attention))
+    bands = int(counts.get("horizontal_band", 0))
+    if n_items > 0 and bands / n_items >= hp.red_flag_band_share:
+        flags.append(_flag(4, lang, "flag4", count=bands, n=n_items,
+                           share=hp.red_flag_band_share))
+    return flags
 
 
 def remedies_text(hp: HParams) -> str:
     return "; ".join(r.format(train=hp.training_files, val=hp.validation_files) for r in REMEDIES)
 
 
-class AlignmentGuard:
-    """Milestones and red flags of one run, with `hp.red_flag_action` applied."""
+def remediated_hparams(hp: HParams) -> HParams:
+    """The hparams after remediation: stronger guidance and curriculum learning."""
+    return hp.replace(guide_loss_weight=hp.remedy_guide_loss_weight, curriculum=True)
 
-    def __init__(self, hp: HParams, state: Optional[Dict[str, Any]] = None):
+
+# ---------------------------------------------------------------------------------- the guards
+class GuardDecision(NamedTuple):
+    action: str  # continue | warn | remediate | stop
+    flags: List[Dict[str, Any]]
+    message: str
+
+
+class AlignmentGuard:
+    """Milestones, red flags and the teacher-forced/free-running gap of one run, with
+    `hp.red_flag_action` applied. State: `state_dict()` / the `state` argument."""
+
+    def __init__(self, state: Optional[Dict[str, Any]] = None):
         state = state or {}
         self.remediated_at: Optional[int] = state.get("remediated_at")
+        # The step from which a curriculum counts: 0 for one switched on by the user, the
+        # remediation step for one the guard switched on (it then starts from the short texts).
+        self.curriculum_from: Optional[int] = state.get("curriculum_from")
         self.milestones_done: List[int] = list(state.get("milestones_done", []))
+        self.tf_only_streak: int = int(state.get("tf_only_streak", 0))
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"remediated_at": self.remediated_at, "milestones_done": list(self.milestones_done)}
+        return {"remediated_at": self.remediated_at, "curriculum_from": self.curriculum_from,
+                "milestones_done": list(self.milestones_done),
+                "tf_only_streak": self.tf_only_streak}
 
     def milestone(self, step: int, diagonal: float, hp: HParams) -> Optional[Dict[str, Any]]:
         """The success criterion reached for the first time at this validation, judged."""
@@ -51,12 +184,29 @@ class AlignmentGuard:
                          f"{'>' if passed else '<='} {criterion['threshold']:.2f} "
                          f"{'PASS' if passed else 'FAIL'}")}
 
+    def free_running_gap(self, step: int, teacher_diagonal: float,
+                         free_diagonal: Optional[float], hp: HParams,
+                         lang: str = "en") -> Optional[str]:
+        """A warning when teacher-forced attention passes its criterion while free-running
+        diagonality has stayed near 0 for `TF_ONLY_VALIDATIONS` validations in a row."""
+        if free_diagonal is None:
+            return None
+        criterion = criterion_for_step(step, hp, teacher_diagonal)
+        if criterion is not None and criterion["passed"] and free_diagonal < FREE_RUNNING_NEAR_ZERO:
+            self.tf_only_streak += 1
+        else:
+            self.tf_only_streak = 0
+        if self.tf_only_streak >= TF_ONLY_VALIDATIONS:
+            return message(lang, "warn_tf_only", threshold=FREE_RUNNING_NEAR_ZERO,
+                           k=self.tf_only_streak)
+        return None
+
     def check(self, step: int, summary: Dict[str, Any], guided_term: float,
               hp: HParams) -> GuardDecision:
         """Red flags of this validation and what to do about them.
 
         Args:
-            summary: `alignment_diagnostics.batch_metrics` output of the validation set.
+            summary: `alignment_metrics.batch_metrics` output of the validation set.
             guided_term: guided weight x guided loss, as it entered the total.
         """
         flags = red_flags(step, summary, guided_term, hp)
@@ -64,15 +214,24 @@ class AlignmentGuard:
             return GuardDecision("continue", [], "")
         names = ", ".join(f"red flag {f['id']} ({f['name']}): {f['message']}" for f in flags)
         action = hp.red_flag_action
+        if any(f["id"] == DIVERGENCE_FLAG for f in flags) and action != "warn":
+            # NaN attention: remediation cannot help a model that already holds NaN weights;
+            # the divergence guard rolls back on the training side (see DivergenceGuard).
+            return GuardDecision("stop", flags, f"step {step}: {names}. Stopping. Lower the "
+                                 f"learning rate (now {hp.learning_rate:g}) and resume from the "
+                                 f"last good checkpoint")
         if action == "warn":
             return GuardDecision("warn", flags, f"step {step}: {names}")
         if action == "remediate" and self.remediated_at is None:
             self.remediated_at = step
+            if not hp.curriculum:
+                self.curriculum_from = step
             return GuardDecision(
                 "remediate", flags,
                 f"step {step}: {names}. Remediation: guide_loss_weight "
-                f"{hp.guide_loss_weight} -> {hp.remedy_guide_loss_weight}, curriculum on; "
-                f"training stops if a red flag is still up {hp.red_flag_patience} steps from now")
+                f"{hp.guide_loss_weight} -> {hp.remedy_guide_loss_weight}, curriculum on from "
+                f"the short texts; training stops if a red flag is still up "
+                f"{hp.red_flag_patience} steps from now")
         if action == "remediate" and step - self.remediated_at < hp.red_flag_patience:
             return GuardDecision("warn", flags,
                                  f"step {step}: {names} (remediated at step {self.remediated_at}, "
@@ -82,7 +241,59 @@ class AlignmentGuard:
         return GuardDecision("stop", flags,
                              f"step {step}: {names}; {why}. Stopping. Remedies: {remedies_text(hp)}")
 
+    def curriculum_step(self, step: int, hp: HParams) -> int:
+        """The step the curriculum schedule is at: counted from when the curriculum started."""
+        return step - (self.curriculum_from or 0)
 
-def remediated_hparams(hp: HParams) -> HParams:
-    """The hparams after remediation: stronger guidance and curriculum learning."""
-    return hp.replace(guide_loss_weight=hp.remedy_guide_loss_weight, curriculum=True)
+
+class DivergenceGuard:
+    """Watches every training step's loss and gradient norm.
+
+    A step whose loss or gradient norm is not finite must be skipped by the trainer (weights and
+    optimizer untouched); `max_bad_steps` of them in a row, or a finite loss above
+    `divergence_factor` times the running median of the last `divergence_window` finite losses,
+    raise the `divergence` red flag (id 5).
+    """
+
+    def __init__(self, hp: HParams, state: Optional[Dict[str, Any]] = None):
+        state = state or {}
+        self.window: Deque[float] = deque(state.get("recent", []), maxlen=hp.divergence_window)
+        self.bad_in_row: int = int(state.get("bad_in_row", 0))
+        self.skipped_total: int = int(state.get("skipped_total", 0))
+        self.rollbacks: int = int(state.get("rollbacks", 0))
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"recent": list(self.window), "bad_in_row": self.bad_in_row,
+                "skipped_total": self.skipped_total, "rollbacks": self.rollbacks}
+
+    def observe(self, step: int, loss: float, grad_norm: Optional[float], hp: HParams,
+                lang: str = "en") -> Optional[Dict[str, Any]]:
+        """Records one step; returns the `divergence` flag when it is up, else None.
+
+        Args:
+            loss: the step's total loss (non-finite = the step was skipped).
+            grad_norm: its gradient norm before clipping; None when backward did not run.
+        """
+        finite = math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm))
+        if not finite:
+            self.bad_in_row += 1
+            self.skipped_total += 1
+            if self.bad_in_row >= hp.max_bad_steps:
+                return _flag(DIVERGENCE_FLAG, lang, "flag5_nonfinite_steps",
+                             count=self.bad_in_row, limit=hp.max_bad_steps)
+            return None
+        self.bad_in_row = 0
+        if len(self.window) >= DIVERGENCE_MIN_HISTORY:
+            median = float(np.median(np.asarray(self.window)))
+            if median > 0 and loss > hp.divergence_factor * median:
+                return _flag(DIVERGENCE_FLAG, lang, "flag5_explosion", value=loss, step=step,
+                             factor=hp.divergence_factor, median=median)
+        self.window.append(float(loss))
+        return None
+
+    def reset_after_rollback(self) -> None:
+        """After a rollback the old losses describe weights that are gone."""
+        self.window.clear()
+        self.bad_in_row = 0
+        self.rollbacks += 1
+

@@ -27,8 +27,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from alignment_diagnostics import alignment_metrics
+import plotting
+from alignment_metrics import alignment_metrics, free_running_metrics
+from audio import MEL_CLIP_VALUE, griffin_lim, save_wav
 from checkpoint import CheckpointError, model_from_checkpoint
+from commons import DeviceError, choose_device, decoder_lengths
 from data_utils import DataError, read_filelist
 from hparams import HParams, HParamsError
 from text import ArpabetError, UnknownCharacterError, UnknownCleanerError, text_to_sequence
@@ -74,7 +77,9 @@ def synthesize(model: torch.nn.Module, hp: HParams, texts: Sequence[str], device
         One dict per text: `name` (when `names` is given), `text`, `mel` float32 ndarray
         (n_mel, frames) (the postnet mel, trimmed to the item's own length, a multiple of r),
         `alignment` float32 ndarray (T, N) (T decoder steps, N tokens), `hit_max_steps` bool,
-        `scores` (`alignment_diagnostics.alignment_metrics` of the alignment).
+        `scores` (`alignment_metrics.alignment_metrics` of the alignment, plus
+        `reading_diagonal_score`: the same up to where the attention reached the end of the
+        text, and `runs_on`: it read to the end and then did not stop).
 
     Raises:
         InferenceError: an empty text.
@@ -107,7 +112,7 @@ def synthesize(model: torch.nn.Module, hp: HParams, texts: Sequence[str], device
         hit = out.hit_max_steps.cpu().tolist()
         for row, i in enumerate(chunk):
             frames = int(mel_lengths[row])
-            steps = -(-frames // r)  # ceil: the decoder steps that made these frames
+            steps = decoder_lengths(frames, r)  # the decoder steps that made these frames
             alignment = np.ascontiguousarray(alignments[row, :steps, :len(sequences[i])],
                                              dtype=np.float32)
             item: Dict[str, Any] = {
@@ -115,7 +120,7 @@ def synthesize(model: torch.nn.Module, hp: HParams, texts: Sequence[str], device
                 "mel": np.ascontiguousarray(mel_postnet[row, :, :frames], dtype=np.float32),
                 "alignment": alignment,
                 "hit_max_steps": bool(hit[row]),
-                "scores": alignment_metrics(alignment, band=hp.diagonal_band),
+                "scores": _scores(alignment, bool(hit[row]), hp),
             }
             if names is not None:
                 item["name"] = names[i]
@@ -123,30 +128,16 @@ def synthesize(model: torch.nn.Module, hp: HParams, texts: Sequence[str], device
     return [item for item in results if item is not None]
 
 
-def save_plot(path: str, mel: np.ndarray, alignment: np.ndarray, title: str) -> None:
-    """PNG of the mel (n_mel, frames) above the attention (T, N) on its true grid."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 7), dpi=100)  # no pyplot: no global state, no display
-    canvas = FigureCanvasAgg(fig)
-    ax_mel, ax_att = fig.subplots(2, 1)
-    image = ax_mel.imshow(mel, aspect="auto", origin="lower", interpolation="none")
-    ax_mel.set_xlabel("mel frame")
-    ax_mel.set_ylabel("mel channel")
-    fig.colorbar(image, ax=ax_mel)
-    steps, tokens = alignment.shape
-    # (T, N) -> (N, T): time runs left to right, text bottom to top (NVIDIA's orientation).
-    image = ax_att.imshow(alignment.T, aspect="auto", origin="lower", interpolation="none",
-                          extent=(-0.5, steps - 0.5, -0.5, tokens - 0.5), vmin=0.0,
-                          vmax=max(float(alignment.max()), 1e-6))  # diffuse maps stay visible
-    ax_att.set_xlabel("decoder step")
-    ax_att.set_ylabel("text token")
-    fig.colorbar(image, ax=ax_att)
-    fig.suptitle(title, fontsize=9)
-    # fixed margins: tight_layout costs a third of a second per figure
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.9, hspace=0.35)
-    canvas.print_png(path)
+def _scores(alignment: np.ndarray, hit_max_steps: bool, hp: HParams) -> Dict[str, Any]:
+    """Whole-map metrics, plus how well the text was read and whether the decoder ran on."""
+    scores = alignment_metrics(alignment, band=hp.diagonal_band)
+    T, N = alignment.shape
+    free = free_running_metrics(alignment[None], [N], [T], [hit_max_steps],
+                                band=hp.diagonal_band)
+    item = free["per_item"][0]
+    scores.update(reading_diagonal_score=free["reading_diagonal_score"],
+                  reading_steps=item["reading_steps"], runs_on=item["runs_on"])
+    return scores
 
 
 def vocode_griffin_lim(mel: np.ndarray, hp: HParams, n_iters: int) -> np.ndarray:
@@ -156,8 +147,6 @@ def vocode_griffin_lim(mel: np.ndarray, hp: HParams, n_iters: int) -> np.ndarray
     padding, so it is extended with silent frames (log 1e-5) for the phase search and the
     audio cut back to its own length.
     """
-    from audio import MEL_CLIP_VALUE, griffin_lim
-
     frames = mel.shape[1]
     min_frames = hp.filter_length // hp.hop_length + 2  # > filter_length // 2 samples
     if frames < min_frames:
@@ -167,8 +156,9 @@ def vocode_griffin_lim(mel: np.ndarray, hp: HParams, n_iters: int) -> np.ndarray
 
 
 def _score_text(scores: Dict[str, Any]) -> str:
-    return (f"diagonal_score {scores['diagonal_score']:.3f}, "
-            f"focus_score {scores['focus_score']:.3f}")
+    return (f"diagonal_score {scores['diagonal_score']:.3f}, reading "
+            f"{scores['reading_diagonal_score']:.3f}, focus_score {scores['focus_score']:.3f}"
+            + (", runs on after the text" if scores["runs_on"] else ""))
 
 
 def _read_text_file(path: str) -> List[str]:
@@ -222,7 +212,8 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="override the checkpoint's")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed for the prenet's dropout (on at inference)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--hparams", default=None,
                         help="overrides, name=value,...; NVIDIA files carry no hparams, so give "
                              "the model's here (e.g. preset=nvidia)")
@@ -245,8 +236,6 @@ def _overrides(args: argparse.Namespace) -> Optional[str]:
 
 def run(args: argparse.Namespace) -> int:
     """The CLI's work once arguments are parsed; errors propagate as exceptions."""
-    from audio import save_wav
-
     if args.filelist is not None:
         names, texts = _read_filelist(args.filelist)
     elif args.text_file is not None:
@@ -258,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
         texts, names = [args.text.strip()], ["sentence_001"]
     names = _unique(names)
 
-    device = torch.device(args.device)
+    device = choose_device(args.device)
     model, hp, ckpt = model_from_checkpoint(args.checkpoint, device, _overrides(args))
     print(f"{ckpt['path']}: step {ckpt.get('iteration', '?')}, preset {hp.preset}, "
           f"{hp.symbol_set} symbols, cleaners {','.join(hp.text_cleaners)}, device {device}, "
@@ -285,8 +274,10 @@ def run(args: argparse.Namespace) -> int:
         audio_seconds += seconds
         scores = item["scores"]
         stop = "hit max_decoder_steps" if item["hit_max_steps"] else "gate"
-        save_plot(stem + ".png", item["mel"], item["alignment"],
-                  f"{item['name']}: {_score_text(scores)}, stop: {stop}\n{item['text'][:100]}")
+        plotting.mel_and_alignment_png(
+            stem + ".png", item["mel"], item["alignment"],
+            f"{item['name']}: {_score_text(scores)}, stop: {stop}\n{item['text'][:100]}",
+            hp.diagonal_band)
         print(f"{item['name']}: {seconds:.2f} s, {item['mel'].shape[1]} frames, "
               f"{item['alignment'].shape[0]} steps, {item['alignment'].shape[1]} tokens, "
               f"stop: {stop}, {_score_text(scores)} -> {stem}.wav")
@@ -310,7 +301,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parse_args(argv)
     try:
         return run(args)
-    except (ArpabetError, CheckpointError, DataError, HParamsError, InferenceError,
+    except (ArpabetError, CheckpointError, DataError, DeviceError, HParamsError, InferenceError,
             UnknownCharacterError, UnknownCleanerError) as err:
         message = " ".join(str(err).split())
         print(f"inference.py: error: {message}", file=sys.stderr)

@@ -7,49 +7,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
-# Agg: training runs on servers without a display.
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-
-def figure_to_numpy(fig) -> np.ndarray:
-    """Renders a matplotlib figure to an (H, W, 3) uint8 array and closes it."""
-    fig.canvas.draw()
-    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return image
-
-
-def plot_spectrogram_to_numpy(mel: np.ndarray, title: str = "") -> np.ndarray:
-    """(n_mel, frames) log-mel -> (H, W, 3) uint8 picture."""
-    fig, ax = plt.subplots(figsize=(10, 3))
-    im = ax.imshow(mel, aspect="auto", origin="lower", interpolation="none")
-    fig.colorbar(im, ax=ax)
-    ax.set_xlabel("frames")
-    ax.set_ylabel("mel channel")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return figure_to_numpy(fig)
-
-
-def plot_gate_to_numpy(gate_target: np.ndarray, gate_prob: np.ndarray) -> np.ndarray:
-    """(frames,) target and predicted stop probability -> (H, W, 3) uint8 picture."""
-    fig, ax = plt.subplots(figsize=(10, 2.5))
-    ax.scatter(range(len(gate_target)), gate_target, alpha=0.5, color="green", marker="+", s=4,
-               label="target")
-    ax.scatter(range(len(gate_prob)), gate_prob, alpha=0.5, color="red", marker=".", s=4,
-               label="predicted")
-    ax.set_xlabel("frames (green target, red predicted)")
-    ax.set_ylabel("gate state")
-    fig.tight_layout()
-    return figure_to_numpy(fig)
-
+import plotting
 
 class TrainLogger:
     """Text log + TensorBoard for one run.
@@ -124,33 +86,82 @@ class TrainLogger:
             self.log.removeHandler(handler)
 
 
+def loss_parts_line(losses: Dict[str, float], guided_weight: float) -> str:
+    """"T = mel a + postnet b + gate c + guided_weight w x attention_loss g": every part of the
+    total, shown so that they add up (the guided term enters with its scheduled weight)."""
+    return (f"{losses['total']:.4f} = mel {losses['mel']:.4f} + postnet "
+            f"{losses['mel_postnet']:.4f} + gate {losses['gate']:.4f} + guided_weight "
+            f"{guided_weight:.4g} x attention_loss {losses['guided_attn']:.4f}")
+
+
 def log_training(logger: TrainLogger, step: int, losses: Dict[str, float], guided_weight: float,
-                 learning_rate: float, grad_norm: float, seconds: float) -> None:
-    """One train.log line and NVIDIA's training tags (plus the loss parts and guided weight)."""
+                 learning_rate: float, grad_norm: float, seconds: float,
+                 skipped_steps: int = 0) -> None:
+    """One train.log line and the training scalars.
+
+    Tags keep NVIDIA's dotted names (`training.loss`, `grad.norm`, `learning.rate`,
+    `validation.loss`), and every other scalar follows the same `group.name` scheme.
+    """
     logger.info(
-        f"step {step}: total {losses['total']:.4f} mel {losses['mel']:.4f} "
-        f"postnet {losses['mel_postnet']:.4f} gate {losses['gate']:.4f} "
-        f"attention_loss {losses['guided_attn']:.4f} guided_weight {guided_weight:.4g} "
-        f"lr {learning_rate:.3g} grad_norm {grad_norm:.3f} {seconds:.2f}s/step")
+        f"step {step}: loss {loss_parts_line(losses, guided_weight)}; lr {learning_rate:.3g} "
+        f"grad_norm {grad_norm:.3f} {seconds:.2f} s/step"
+        + (f"; {skipped_steps} non-finite steps skipped so far" if skipped_steps else ""))
     logger.scalars({
         "training.loss": losses["total"], "grad.norm": grad_norm, "learning.rate": learning_rate,
-        "duration": seconds, "training.mel_loss": losses["mel"],
+        "duration.seconds_per_step": seconds, "training.mel_loss": losses["mel"],
         "training.mel_postnet_loss": losses["mel_postnet"], "training.gate_loss": losses["gate"],
         "training.attention_loss": losses["guided_attn"], "training.guided_weight": guided_weight,
         "training.guided_term": guided_weight * losses["guided_attn"],
+        "training.skipped_steps": skipped_steps,
     }, step)
 
 
-def log_validation_images(logger: TrainLogger, step: int, alignment_image: np.ndarray,
-                          mel_target: np.ndarray, mel_predicted: np.ndarray,
-                          gate_target: np.ndarray, gate_prob: np.ndarray,
-                          free_alignment_image: Optional[np.ndarray] = None) -> None:
-    """NVIDIA's image tags for one validation item (true lengths, no padding)."""
+def log_validation(logger: TrainLogger, step: int, losses: Dict[str, float],
+                   guided_weight: float, record: Dict[str, Any],
+                   free: Optional[Dict[str, Any]]) -> None:
+    """train.log lines and scalars of one validation (teacher-forced and free-running)."""
+    metrics = record["metrics"]
+    failures = {k: v for k, v in record["failure_counts"].items() if v}
+    logger.info(
+        f"validation step {step}: loss {loss_parts_line(losses, guided_weight)}; diagonality "
+        f"{metrics['diagonal_score']:.3f} focus {metrics['focus_score']:.3f} coverage "
+        f"{metrics['coverage']:.3f} max_attention {metrics['max_attention']:.3f}; healthy "
+        f"{record['healthy']}/{record['n_items']}, failures {failures or 'none'}")
+    scalars = {"validation.loss": losses["total"], "validation.mel_loss": losses["mel"],
+               "validation.mel_postnet_loss": losses["mel_postnet"],
+               "validation.gate_loss": losses["gate"],
+               "validation.attention_loss": losses["guided_attn"]}
+    scalars.update({f"alignment.{k}": v for k, v in metrics.items()})
+    if free is not None:
+        near = free["near_length_share"]
+        logger.info(
+            f"free-running step {step}: diagonality {free['diagonal_score']:.3f}, reading "
+            f"diagonality {free['reading_diagonal_score']:.3f} (read to the end "
+            f"{free['end_reached_share']:.0%}); gate stopped {free['stopped_share']:.0%}, near "
+            f"the true length {near:.0%}, runs on after the text {free['runs_on_share']:.0%} of "
+            f"{free['items']} items")
+        scalars.update({f"alignment_free.{k}": free[k] for k in (
+            "diagonal_score", "reading_diagonal_score", "focus_score", "end_reached_share",
+            "stopped_share", "near_length_share", "runs_on_share")})
+    logger.scalars(scalars, step)
+
+
+def log_validation_images(logger: TrainLogger, step: int, example: Dict[str, np.ndarray],
+                          diagonal: float, band: float, free: Optional[Dict[str, Any]] = None
+                          ) -> None:
+    """NVIDIA's image tags for the validation set's first item (true lengths, no padding), the
+    attention pictures titled with their step and score."""
     if not logger.enabled:
         return
-    logger.image("alignment", alignment_image, step)
-    logger.image("mel_target", plot_spectrogram_to_numpy(mel_target, "target"), step)
-    logger.image("mel_predicted", plot_spectrogram_to_numpy(mel_predicted, "predicted"), step)
-    logger.image("gate", plot_gate_to_numpy(gate_target, gate_prob), step)
-    if free_alignment_image is not None:
-        logger.image("alignment_free", free_alignment_image, step)
+    logger.image("alignment", plotting.alignment_image(
+        example["alignment"], f"teacher-forced, step {step}: diagonality {diagonal:.2f}", band),
+        step)
+    logger.image("mel_target", plotting.spectrogram_image(example["mel_target"], "target"), step)
+    logger.image("mel_predicted", plotting.spectrogram_image(example["mel_predicted"],
+                                                             "predicted"), step)
+    logger.image("gate", plotting.gate_image(example["gate_target"], example["gate_prob"]), step)
+    if free is not None:
+        logger.image("alignment_free", plotting.alignment_image(
+            free["example"], f"free-running, step {step}: diagonality "
+            f"{free['diagonal_score']:.2f}, reading {free['reading_diagonal_score']:.2f}", band,
+            reading_end=free["reading_end"]), step)

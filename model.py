@@ -2,25 +2,23 @@
 
 The module tree and parameter names are NVIDIA's (`embedding`, `encoder.convolutions.i.0.conv`,
 `decoder.attention_rnn`, `decoder.attention_layer.location_layer.location_conv`, ...), so their
-published checkpoints load as they are. What differs is how the decoder runs:
+published checkpoints load as they are, and each computation sits where NVIDIA has it: the
+attention's energies and softmax in `Attention`, the recurrent step in `Decoder`. What differs is
+how the decoder runs; the machinery lives in two modules of its own:
 
-* One `Decoder.decode_step(step_input, state, memory_context)` serves teacher-forced training and
-  free-running inference. The state is an explicit `DecoderState` value, not attributes on `self`.
-* Work that does not depend on the step is done once per batch (`MemoryContext`): the memory
-  projection, the text mask, the concatenated LSTM weights, and the location layer folded into a
-  single convolution (conv and dense are both linear and bias-free, so `dense(conv(x))` is one
-  convolution with kernel `dense.weight @ conv.weight`).
-* In teacher forcing the prenet and the prenet part of the attention LSTM's input product run for
-  all steps in one matrix product before the loop (`Decoder.input_gates`), and the weight
-  gradients of the three per-step products (attention LSTM, decoder LSTM, projection) are formed
-  in backward as one large product over all steps (`_StepwiseWeightGrad`) instead of one thin
-  product per step.
-* The LSTM cells are written out on the registered `nn.LSTMCell` parameters, with the cell state
-  in float32 under autocast; attention scores are masked with a finite value and normalised in
-  float32, so bf16/fp16 autocast stays finite.
-* Text padding is masked everywhere it could leak (encoder convolutions, attention), and the
-  postnet sees zeros beyond each item's length, so a padded batch gives each item the result it
-  gets alone.
+* `decoder_step.py`: one `Decoder.decode_step(step_input, state, memory_context)` serves
+  teacher-forced training and free-running inference, on explicit state values; per-batch work
+  is done once (`MemoryContext`); in teacher forcing the prenet and its share of the attention
+  LSTM's input product run for all steps in one product before the loop (`Decoder.input_gates`),
+  and the step weights' gradients are formed in backward as one product over all steps
+  (`StepwiseWeightGrad`); LSTM cells keep their state in float32 under autocast.
+* `decoder_graphs.py` (`hp.cuda_graphs`): the same step on static buffers, replayed as one CUDA
+  graph per step on a GPU, with a recomputing backward.
+
+Attention scores are masked with a finite value and normalised in float32, so bf16/fp16
+autocast stays finite. Text padding is masked everywhere it could leak (encoder convolutions,
+attention), and the postnet sees zeros beyond each item's length, so a padded batch gives each
+item the result it gets alone.
 """
 from __future__ import annotations
 
@@ -29,17 +27,23 @@ from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from commons import sequence_mask
+from commons import decoder_lengths, sequence_mask
+from decoder_graphs import StaticDecoderLoop
+from decoder_step import (DecoderState, DropoutMasks, MemoryContext, StepHistory, StepInput,
+                          StepOutput, StepwiseWeightGrad, autocast_cast, lstm_cell)
 from hparams import HParams
 from layers import ConvNorm, LinearNorm
 from text.symbols import get_symbols
 
 # Gate logit written into padded frames: sigmoid(1e3) = 1, "stopped" (NVIDIA's value).
 PADDED_GATE_LOGIT = 1e3
+
+__all__ = ["Tacotron2", "Tacotron2Output", "InferenceOutput", "DecoderOutput",
+           "DecoderInferenceOutput", "DecoderState", "StepInput", "MemoryContext", "Decoder",
+           "Encoder", "Attention", "LocationLayer", "Prenet", "Postnet", "PADDED_GATE_LOGIT"]
 
 
 class Tacotron2Output(NamedTuple):
@@ -60,132 +64,20 @@ class InferenceOutput(NamedTuple):
     hit_max_steps: torch.Tensor  # Bool (B,): the gate never fired within max_decoder_steps
 
 
-class DecoderState(NamedTuple):
-    """Recurrent state between decoder steps; LSTM states float32 (float64 in a double model)."""
-    attention_hidden: torch.Tensor  # (B, attention_rnn_dim)
-    attention_cell: torch.Tensor  # (B, attention_rnn_dim)
-    decoder_hidden: torch.Tensor  # (B, decoder_rnn_dim)
-    decoder_cell: torch.Tensor  # (B, decoder_rnn_dim)
-    attention_weights: torch.Tensor  # (B, N) previous step's attention
-    attention_weights_cum: torch.Tensor  # (B, N) sum of all previous attentions
-    attention_context: torch.Tensor  # (B, encoder_embedding_dim)
+class DecoderOutput(NamedTuple):
+    """`Decoder.forward`: teacher-forced outputs before the postnet and the padding masks."""
+    mel: torch.Tensor  # (B, n_mel, T)
+    gate: torch.Tensor  # (B, T) stop logits
+    alignments: torch.Tensor  # (B, ceil(T / r), N)
 
 
-class StepInput(NamedTuple):
-    """Per-step additive terms of the three products in `Decoder.decode_step`."""
-    attention_gates: torch.Tensor  # (B, 4 H_att) prenet part of the attention LSTM + its biases
-    decoder_bias: torch.Tensor  # (B, 4 H_dec) or (4 H_dec,): decoder LSTM biases
-    output_bias: torch.Tensor  # (B, n_mel r + r) or (n_mel r + r,): projection and gate biases
-
-
-class MemoryContext(NamedTuple):
-    """Everything the decoder step needs that is fixed for a batch; built once per batch."""
-    memory: torch.Tensor  # (B, N, E) encoder outputs
-    processed_memory: torch.Tensor  # (B, A, N) memory_layer(memory), channels first
-    pad_mask: torch.Tensor  # Bool (B, 1, N): True on padded tokens
-    mask_value: float  # finite score for padded tokens (finfo.min of the score dtype)
-    score_dtype: torch.dtype  # attention softmax and LSTM cell states: float32 or float64
-    attention_rnn_weight_t: torch.Tensor  # (E + H_att, 4 H_att): [W_ih context cols | W_hh]^T
-    query_weight_t: torch.Tensor  # (H_att, A)
-    location_weight: torch.Tensor  # (A, 2 K): location_dense folded into location_conv, flattened
-    v_weight: torch.Tensor  # (1, A)
-    decoder_rnn_weight_t: torch.Tensor  # (H_att + E + H_dec, 4 H_dec): [W_ih | W_hh]^T
-    decoder_rnn_bias: torch.Tensor  # (4 H_dec,) b_ih + b_hh
-    output_weight_t: torch.Tensor  # (H_dec + E, n_mel r + r): [projection; gate]^T
-    output_bias: torch.Tensor  # (n_mel r + r,)
-    # Teacher forcing with autograd: the three weights above are detached and these are the live
-    # (attention_rnn, decoder_rnn, output) weights, whose gradients `_StepwiseWeightGrad` forms
-    # once over all steps. None otherwise.
-    live_weights: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-
-
-class _StepHistory:
-    """Detached states of a teacher-forced loop; rebuilds the inputs of the step products.
-
-    The inputs of the three products of step s are functions of the states:
-    attention LSTM `[context_{s-1} | h_att_{s-1}]`, decoder LSTM `[h_att_s | context_s |
-    h_dec_{s-1}]`, projection `[h_dec_s | context_s]` (index -1 is the zero initial state).
-    """
-
-    def __init__(self, initial: DecoderState) -> None:
-        self.states: List[tuple] = []
-        self.initial = (initial.attention_hidden, initial.attention_context,
-                        initial.decoder_hidden)
-        self._stacked: Optional[tuple] = None
-
-    def append(self, state: DecoderState) -> None:
-        # Detached: holding graph tensors here would make a reference cycle through the graph.
-        self.states.append((state.attention_hidden.detach(), state.attention_context.detach(),
-                            state.decoder_hidden.detach()))
-
-    def inputs(self, which: int, dtype: torch.dtype) -> torch.Tensor:
-        """(S, B, in) inputs of product `which` (0 attention LSTM, 1 decoder LSTM, 2 output)."""
-        if self._stacked is None:
-            # (S+1, B, dim) each, the initial state first.
-            self._stacked = tuple(torch.stack([init.detach()] + [s[i] for s in self.states])
-                                  for i, init in enumerate(self.initial))
-        h_att, context, h_dec = (t.to(dtype) for t in self._stacked)
-        if which == 0:
-            return torch.cat((context[:-1], h_att[:-1]), 2)
-        if which == 1:
-            return torch.cat((h_att[1:], context[1:], h_dec[:-1]), 2)
-        return torch.cat((h_dec[1:], context[1:]), 2)
-
-
-class _StepwiseWeightGrad(torch.autograd.Function):
-    """Identity on a stack of per-step additive terms that also carries a weight's gradient.
-
-    The decoder loop computes `addmm(base[s], x_s, weight.detach().t())` at each step s. The
-    gradient reaching `base` is then every step's pre-activation gradient G (S, B, out), and the
-    weight's gradient is one product `G.reshape(-1, out)^T @ X.reshape(-1, in)` (X from
-    `_StepHistory`), instead of S thin (K = B) products and S gradient accumulations.
-    """
-
-    @staticmethod
-    def forward(ctx, base: torch.Tensor, weight: torch.Tensor, history: _StepHistory,
-                which: int) -> torch.Tensor:
-        ctx.history, ctx.which, ctx.weight_dtype = history, which, weight.dtype
-        return base.view_as(base)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        grad_weight = None
-        if ctx.needs_input_grad[1]:
-            dtype = torch.float64 if ctx.weight_dtype == torch.float64 else torch.float32
-            x = ctx.history.inputs(ctx.which, dtype)  # (S, B, in)
-            g = grad.reshape(-1, grad.shape[-1]).to(dtype)  # (S B, out)
-            grad_weight = (g.t() @ x.reshape(-1, x.shape[-1])).to(ctx.weight_dtype)
-        return grad, grad_weight, None, None
-
-
-def _autocast_cast(t: torch.Tensor) -> torch.Tensor:
-    """Casts a per-batch derived weight to the autocast dtype once, instead of once per step.
-
-    Autocast caches casts of leaf parameters only; a weight built from them (a concatenation)
-    would otherwise be cast again at every decoder step.
-    """
-    device_type = t.device.type
-    if torch.is_autocast_enabled(device_type):
-        return t.to(torch.get_autocast_dtype(device_type))
-    return t
-
-
-def _lstm_cell(gates: torch.Tensor, cell: torch.Tensor) -> tuple:
-    """LSTM cell update from pre-activation gates in PyTorch's (i, f, g, o) order.
-
-    Args:
-        gates: (B, 4H) `x W_ih^T + h W_hh^T + b_ih + b_hh`, possibly bf16/fp16 under autocast.
-        cell: (B, H) previous cell state in float32 (or float64).
-
-    Returns:
-        (hidden, cell), both (B, H) in the dtype of `cell`.
-    """
-    gates = gates.to(cell.dtype)  # the cell state accumulates over hundreds of steps: keep fp32
-    i, f, g, o = gates.chunk(4, 1)
-    cell = torch.addcmul(torch.sigmoid(f) * cell, torch.sigmoid(i), torch.tanh(g))
-    hidden = torch.sigmoid(o) * torch.tanh(cell)
-    return hidden, cell
+class DecoderInferenceOutput(NamedTuple):
+    """`Decoder.inference`: free-running outputs, not yet masked beyond each item's length."""
+    mel: torch.Tensor  # (B, n_mel, steps r)
+    gate: torch.Tensor  # (B, steps r) stop logits
+    alignments: torch.Tensor  # (B, steps, N)
+    steps: torch.Tensor  # Long (B,): decoder steps until the item's gate fired
+    hit_max_steps: torch.Tensor  # Bool (B,): the gate never fired within max_decoder_steps
 
 
 class LocationLayer(nn.Module):
@@ -216,12 +108,20 @@ class LocationLayer(nn.Module):
         return self.location_dense(processed.transpose(1, 2))  # (B, F, N) -> (B, N, F) -> (B, N, A)
 
 
+
 class Attention(nn.Module):
-    """Location-sensitive attention parameters (NVIDIA names); the step math is in `Decoder`."""
+    """Location-sensitive attention (NVIDIA names): energies, mask, softmax and context.
+
+    The per-step computation is NVIDIA's; it reads the batch's precomputed pieces (memory
+    projection, text mask, the folded location kernel) from the `MemoryContext`.
+    """
 
     def __init__(self, attention_rnn_dim: int, embedding_dim: int, attention_dim: int,
                  attention_location_n_filters: int, attention_location_kernel_size: int) -> None:
         super().__init__()
+        if attention_location_kernel_size % 2 != 1:
+            raise ValueError("model.py: attention_location_kernel_size must be odd, got "
+                             f"{attention_location_kernel_size}")
         self.query_layer = LinearNorm(attention_rnn_dim, attention_dim, bias=False,
                                       w_init_gain="tanh")
         self.memory_layer = LinearNorm(embedding_dim, attention_dim, bias=False,
@@ -229,6 +129,65 @@ class Attention(nn.Module):
         self.v = LinearNorm(attention_dim, 1, bias=False)
         self.location_layer = LocationLayer(attention_location_n_filters,
                                             attention_location_kernel_size, attention_dim)
+        self.location_padding = (attention_location_kernel_size - 1) // 2
+
+    def process_memory(self, memory: torch.Tensor) -> torch.Tensor:
+        """(B, N, E) -> (B, A, N): the memory projection, once per batch, channels first."""
+        return self.memory_layer(memory).transpose(1, 2).contiguous()
+
+    def step_weights(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(query weight^T (H_att, A), folded location kernel (A, 2K), v (1, A)), cast once
+        per batch to the autocast dtype."""
+        return (autocast_cast(self.query_layer.linear_layer.weight).t(),
+                autocast_cast(self.location_layer.folded_weight()).flatten(1),
+                autocast_cast(self.v.linear_layer.weight))
+
+    def get_alignment_energies(self, query: torch.Tensor, attention_weights: torch.Tensor,
+                               attention_weights_cum: torch.Tensor,
+                               ctx: MemoryContext) -> torch.Tensor:
+        """Unnormalised scores of one step, on the (B, A, N) grid.
+
+        Args:
+            query: (B, attention_rnn_dim) attention LSTM output.
+            attention_weights: (B, N) previous step's attention.
+            attention_weights_cum: (B, N) sum of all previous attentions.
+            ctx: the batch's MemoryContext.
+
+        Returns:
+            (B, 1, N) energies in the score dtype (float32, or float64 in a double model).
+        """
+        previous = torch.stack((attention_weights, attention_weights_cum), 1)  # (B, 2, N)
+        # The location convolution as one product over sliding windows: for (B, 2, N) inputs
+        # and 31 taps this is several times faster than conv1d, forward and backward, on CPU.
+        p = self.location_padding
+        windows = F.pad(previous, (p, p)).unfold(2, 2 * p + 1, 1)  # (B, 2, N, K)
+        windows = windows.transpose(1, 2).flatten(2)  # (B, N, 2, K) -> (B, N, 2K)
+        location = torch.matmul(ctx.location_weight, windows.transpose(1, 2))  # (A,2K)@(B,2K,N)
+        processed_query = torch.mm(query, ctx.query_weight_t).unsqueeze(2)  # (B, A) -> (B, A, 1)
+        hidden = torch.tanh(location + ctx.processed_memory + processed_query)  # (B, A, N)
+        return torch.matmul(ctx.v_weight, hidden).to(ctx.score_dtype)  # (1,A)@(B,A,N)->(B,1,N)
+
+    def forward(self, attention_hidden: torch.Tensor, attention_weights: torch.Tensor,
+                attention_weights_cum: torch.Tensor,
+                ctx: MemoryContext) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One attention step.
+
+        Args:
+            attention_hidden: (B, attention_rnn_dim) attention LSTM output (the query).
+            attention_weights: (B, N) previous step's attention.
+            attention_weights_cum: (B, N) sum of all previous attentions.
+            ctx: the batch's MemoryContext.
+
+        Returns:
+            (context (B, E), attention weights (B, N)); padded tokens get exactly 0.
+        """
+        energies = self.get_alignment_energies(attention_hidden, attention_weights,
+                                               attention_weights_cum, ctx)
+        # finfo.min rather than -inf keeps the scores finite under bf16/fp16 autocast.
+        energies = energies.masked_fill(ctx.pad_mask, ctx.mask_value)
+        weights = torch.softmax(energies, dim=2)  # (B, 1, N)
+        context = torch.bmm(weights, ctx.memory).squeeze(1)  # (B,1,N)@(B,N,E) -> (B,E)
+        return context, weights.squeeze(1)  # (B, 1, N) -> (B, N)
 
 
 class Prenet(nn.Module):
@@ -328,6 +287,7 @@ class Encoder(nn.Module):
         return outputs
 
 
+
 class Decoder(nn.Module):
     """Autoregressive attention decoder producing r mel frames and r gate logits per step."""
 
@@ -342,10 +302,6 @@ class Decoder(nn.Module):
         self.gate_threshold = hp.gate_threshold
         self.p_attention_dropout = hp.p_attention_dropout
         self.p_decoder_dropout = hp.p_decoder_dropout
-        if hp.attention_location_kernel_size % 2 != 1:
-            raise ValueError("model.py: attention_location_kernel_size must be odd, got "
-                             f"{hp.attention_location_kernel_size}")
-        self.location_padding = (hp.attention_location_kernel_size - 1) // 2
         e, r = hp.encoder_embedding_dim, hp.n_frames_per_step
 
         # The step input is one frame (the last of the previous group of r), as in NVIDIA at r=1.
@@ -359,10 +315,13 @@ class Decoder(nn.Module):
         self.linear_projection = LinearNorm(hp.decoder_rnn_dim + e, hp.n_mel_channels * r)
         self.gate_layer = LinearNorm(hp.decoder_rnn_dim + e, r, bias=True, w_init_gain="sigmoid")
         self.use_compile = hp.compile
-        self._compiled_step: Optional[Callable] = None
+        self._compiled_step: Optional[Callable[..., StepOutput]] = None
         # Teacher forcing forms the step weights' gradients once over all steps (see
-        # `_StepwiseWeightGrad`); False gives the plain per-step autograd (same values).
+        # `StepwiseWeightGrad`); False gives the plain per-step autograd (same values).
         self.defer_weight_grads = True
+        # The loops on static buffers, replayed as CUDA graphs on a GPU (decoder_graphs.py).
+        self.cuda_graphs = hp.cuda_graphs
+        self._static_loop: Optional[StaticDecoderLoop] = None
 
     # ------------------------------------------------------------------ per-batch preparation
     def memory_context(self, memory: torch.Tensor, text_lengths: torch.Tensor,
@@ -373,13 +332,12 @@ class Decoder(nn.Module):
             memory: (B, N, E) encoder outputs.
             text_lengths: Long (B,) true text lengths.
             defer_weight_grads: detach the three step weights; `forward` then forms their
-                gradients with `_StepwiseWeightGrad`.
+                gradients with `StepwiseWeightGrad`.
 
         Returns:
             The batch's `MemoryContext`.
         """
         attention = self.attention_layer
-        processed = attention.memory_layer(memory).transpose(1, 2).contiguous()  # (B,N,A)->(B,A,N)
         pad_mask = ~sequence_mask(text_lengths.to(memory.device), memory.shape[1]).unsqueeze(1)
         score_dtype = torch.float64 if memory.dtype == torch.float64 else torch.float32
         rnn = self.attention_rnn
@@ -395,20 +353,21 @@ class Decoder(nn.Module):
         if defer_weight_grads:
             live = (att_w, dec_w, out_w)
             att_w, dec_w, out_w = att_w.detach(), dec_w.detach(), out_w.detach()
+        query_weight_t, location_weight, v_weight = attention.step_weights()
         return MemoryContext(
             memory=memory,
-            processed_memory=processed,
+            processed_memory=attention.process_memory(memory),
             pad_mask=pad_mask,
             mask_value=torch.finfo(score_dtype).min,
             score_dtype=score_dtype,
-            attention_rnn_weight_t=_autocast_cast(att_w).t(),
-            query_weight_t=_autocast_cast(attention.query_layer.linear_layer.weight).t(),
-            location_weight=_autocast_cast(attention.location_layer.folded_weight()).flatten(1),
-            v_weight=_autocast_cast(attention.v.linear_layer.weight),
-            decoder_rnn_weight_t=_autocast_cast(dec_w).t(),
-            decoder_rnn_bias=_autocast_cast(dec.bias_ih + dec.bias_hh),
-            output_weight_t=_autocast_cast(out_w).t(),
-            output_bias=_autocast_cast(out_b),
+            attention_rnn_weight_t=autocast_cast(att_w).t(),
+            query_weight_t=query_weight_t,
+            location_weight=location_weight,
+            v_weight=v_weight,
+            decoder_rnn_weight_t=autocast_cast(dec_w).t(),
+            decoder_rnn_bias=autocast_cast(dec.bias_ih + dec.bias_hh),
+            output_weight_t=autocast_cast(out_w).t(),
+            output_bias=autocast_cast(out_b),
             live_weights=live,
         )
 
@@ -448,47 +407,43 @@ class Decoder(nn.Module):
         """The free-running `StepInput` from the previous frame (B, n_mel)."""
         return StepInput(self.input_gates(frame), ctx.decoder_rnn_bias, ctx.output_bias)
 
-    def decode_step(self, step_input: StepInput, state: DecoderState,
-                    ctx: MemoryContext) -> tuple:
+    def _dropout(self, x: torch.Tensor, p: float, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        if mask is not None:
+            return x * mask
+        if self.training and p > 0:
+            return F.dropout(x, p, True)
+        return x
+
+    def decode_step(self, step_input: StepInput, state: DecoderState, ctx: MemoryContext,
+                    masks: Optional[DropoutMasks] = None) -> StepOutput:
         """One decoder step, for teacher forcing and free running alike.
 
         Args:
             step_input: this step's `StepInput` (`step_input()` when free running).
             state: the previous `DecoderState`.
             ctx: the batch's `MemoryContext`.
+            masks: dropout multipliers to use instead of drawing them (the static loop's
+                recomputing backward needs the forward's); None draws as usual when training.
 
         Returns:
-            (frames (B, n_mel * r), gate logits (B, r), attention (B, N), new DecoderState).
+            `StepOutput`: frames (B, n_mel * r), gate logits (B, r), attention (B, N) and the
+            new `DecoderState`.
         """
+        masks = masks or DropoutMasks(None, None)
         # Attention LSTM; the prenet part of its input product arrives precomputed.
         x = torch.cat((state.attention_context, state.attention_hidden), 1)
         gates = torch.addmm(step_input.attention_gates, x, ctx.attention_rnn_weight_t)
-        h_att, c_att = _lstm_cell(gates, state.attention_cell)
-        if self.training and self.p_attention_dropout > 0:
-            h_att = F.dropout(h_att, self.p_attention_dropout, True)
+        h_att, c_att = lstm_cell(gates, state.attention_cell)
+        h_att = self._dropout(h_att, self.p_attention_dropout, masks.attention)
 
-        # Location-sensitive attention on the (B, A, N) grid.
-        previous = torch.stack((state.attention_weights, state.attention_weights_cum), 1)  # (B,2,N)
-        # The location convolution as one product over sliding windows: for (B, 2, N) inputs
-        # and 31 taps this is several times faster than conv1d, forward and backward, on CPU.
-        p = self.location_padding
-        windows = F.pad(previous, (p, p)).unfold(2, 2 * p + 1, 1)  # (B, 2, N, K)
-        windows = windows.transpose(1, 2).flatten(2)  # (B, N, 2, K) -> (B, N, 2K)
-        location = torch.matmul(ctx.location_weight, windows.transpose(1, 2))  # (A,2K)@(B,2K,N)
-        query = torch.mm(h_att, ctx.query_weight_t).unsqueeze(2)  # (B, A) -> (B, A, 1)
-        hidden = torch.tanh(location + ctx.processed_memory + query)  # (B, A, N)
-        energies = torch.matmul(ctx.v_weight, hidden).to(ctx.score_dtype)  # (1,A)@(B,A,N)->(B,1,N)
-        energies = energies.masked_fill(ctx.pad_mask, ctx.mask_value)
-        weights = torch.softmax(energies, dim=2)  # (B, 1, N)
-        context = torch.bmm(weights, ctx.memory).squeeze(1)  # (B,1,N)@(B,N,E) -> (B,E)
-        weights = weights.squeeze(1)  # (B, 1, N) -> (B, N)
+        context, weights = self.attention_layer(h_att, state.attention_weights,
+                                                state.attention_weights_cum, ctx)
 
         # Decoder LSTM on [attention hidden | context | own hidden], one product.
         x = torch.cat((h_att, context, state.decoder_hidden), 1)
         gates = torch.addmm(step_input.decoder_bias, x, ctx.decoder_rnn_weight_t)
-        h_dec, c_dec = _lstm_cell(gates, state.decoder_cell)
-        if self.training and self.p_decoder_dropout > 0:
-            h_dec = F.dropout(h_dec, self.p_decoder_dropout, True)
+        h_dec, c_dec = lstm_cell(gates, state.decoder_cell)
+        h_dec = self._dropout(h_dec, self.p_decoder_dropout, masks.decoder)
 
         # Mel projection and gate in one product, split afterwards.
         x = torch.cat((h_dec, context), 1)
@@ -496,18 +451,25 @@ class Decoder(nn.Module):
         n_out = self.n_mel_channels * self.n_frames_per_step
         new_state = DecoderState(h_att, c_att, h_dec, c_dec, weights,
                                  state.attention_weights_cum + weights, context)
-        return out[:, :n_out], out[:, n_out:], weights, new_state
+        return StepOutput(out[:, :n_out], out[:, n_out:], weights, new_state)
 
-    def _step_fn(self) -> Callable:
+    def step_function(self) -> Callable[..., StepOutput]:
+        """`decode_step`, or its torch.compile'd version when `hp.compile`."""
         if not self.use_compile:
             return self.decode_step
         if self._compiled_step is None:
             self._compiled_step = torch.compile(self.decode_step, dynamic=True)
         return self._compiled_step
 
+    def static_loop(self) -> StaticDecoderLoop:
+        """The loops on static buffers (`hp.cuda_graphs`), created on first use."""
+        if self._static_loop is None:
+            self._static_loop = StaticDecoderLoop(self)
+        return self._static_loop
+
     # ------------------------------------------------------------------ loops
     def forward(self, memory: torch.Tensor, mel: torch.Tensor,
-                text_lengths: torch.Tensor) -> tuple:
+                text_lengths: torch.Tensor) -> DecoderOutput:
         """Teacher-forced decoding.
 
         Args:
@@ -516,34 +478,57 @@ class Decoder(nn.Module):
             text_lengths: Long (B,).
 
         Returns:
-            (mel (B, n_mel, T), gate logits (B, T), alignments (B, ceil(T / r), N)).
+            `DecoderOutput`: mel (B, n_mel, T), gate logits (B, T), alignments
+            (B, ceil(T / r), N).
         """
         b, n_mel, t_max = mel.shape
+        n_tokens = memory.shape[1]
         r = self.n_frames_per_step
-        steps = -(-t_max // r)
+        steps = decoder_lengths(t_max, r)
         frames = mel.transpose(1, 2)  # (B, n_mel, T) -> (B, T, n_mel)
         # The last frame of each group feeds the next step: (B, steps - 1, n_mel).
         previous = frames[:, r - 1::r][:, :steps - 1]
         inputs = torch.cat((frames.new_zeros(b, 1, n_mel), previous), 1)  # (B, steps, n_mel)
-        # Weight gradients of the step products are formed once over all steps when training.
-        defer = self.defer_weight_grads and torch.is_grad_enabled()
+        if self.cuda_graphs:
+            memory = self.static_loop().pad_text(memory)  # one set of graphs per batch size
+        # Weight gradients of the step products are formed once over all steps when training
+        # (always in the static loop, whose backward relies on it).
+        defer = (self.defer_weight_grads or self.cuda_graphs) and torch.is_grad_enabled()
         ctx = self.memory_context(memory, text_lengths, defer_weight_grads=defer)
         att_terms = self.input_gates(inputs.transpose(0, 1))  # (steps, B, n_mel) -> (steps, B, 4H)
         dec_terms = ctx.decoder_rnn_bias.expand(steps, b, -1)  # (4H,) -> (steps, B, 4H)
         out_terms = ctx.output_bias.expand(steps, b, -1)
-        state = self.initial_state(memory)
         history = None
         if ctx.live_weights is not None:
-            history = _StepHistory(state)
+            history = StepHistory(None if self.cuda_graphs else self.initial_state(memory))
             att_w, dec_w, out_w = ctx.live_weights
-            att_terms = _StepwiseWeightGrad.apply(att_terms, att_w, history, 0)
-            dec_terms = _StepwiseWeightGrad.apply(dec_terms, dec_w, history, 1)
-            out_terms = _StepwiseWeightGrad.apply(out_terms, out_w, history, 2)
+            att_terms = StepwiseWeightGrad.apply(att_terms, att_w, history, 0)
+            dec_terms = StepwiseWeightGrad.apply(dec_terms, dec_w, history, 1)
+            out_terms = StepwiseWeightGrad.apply(out_terms, out_w, history, 2)
+        if self.cuda_graphs:
+            out_frames, out_gates, weights = self.static_loop().teacher_forced(
+                ctx, (att_terms, dec_terms, out_terms), history)  # (steps, B, ...) each
+            # (steps, B, ...) -> (B, steps, ...); text padding cut off again.
+            out_frames, out_gates = out_frames.transpose(0, 1), out_gates.transpose(0, 1)
+            alignments = weights.transpose(0, 1)[:, :, :n_tokens]
+        else:
+            out_frames, out_gates, alignments = self._eager_loop(
+                ctx, att_terms, dec_terms, out_terms, history)
+        # (B, steps, n_mel r) -> (B, steps r, n_mel) -> (B, n_mel, steps r)
+        mel_out = out_frames.reshape(b, steps * r, n_mel).transpose(1, 2)
+        gate_out = out_gates.reshape(b, steps * r)  # (B, steps, r) -> (B, steps r)
+        return DecoderOutput(mel_out[:, :, :t_max], gate_out[:, :t_max], alignments)
+
+    def _eager_loop(self, ctx: MemoryContext, att_terms: torch.Tensor, dec_terms: torch.Tensor,
+                    out_terms: torch.Tensor, history: Optional[StepHistory]
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The teacher-forced loop step by step under autograd; (B, steps, ...) outputs."""
+        state = self.initial_state(ctx.memory)
         # unbind, not terms[s]: indexing would make each step's backward write a full-size zero
         # tensor (quadratic in steps); unbind's backward stacks the step gradients once.
         step_inputs = [StepInput(*t) for t in zip(att_terms.unbind(0), dec_terms.unbind(0),
                                                   out_terms.unbind(0))]
-        step = self._step_fn()
+        step = self.step_function()
         out_frames, out_gates, out_weights = [], [], []
         for step_input in step_inputs:
             frame, gate, weights, state = step(step_input, state, ctx)
@@ -552,12 +537,10 @@ class Decoder(nn.Module):
             out_frames.append(frame)
             out_gates.append(gate)
             out_weights.append(weights)
-        # (B, steps, n_mel r) -> (B, steps r, n_mel) -> (B, n_mel, steps r)
-        mel_out = torch.stack(out_frames, 1).view(b, steps * r, n_mel).transpose(1, 2)
-        gate_out = torch.stack(out_gates, 1).view(b, steps * r)  # (B, steps, r) -> (B, steps r)
-        return mel_out[:, :, :t_max], gate_out[:, :t_max], torch.stack(out_weights, 1)
+        return torch.stack(out_frames, 1), torch.stack(out_gates, 1), torch.stack(out_weights, 1)
 
-    def inference(self, memory: torch.Tensor, text_lengths: torch.Tensor) -> tuple:
+    def inference(self, memory: torch.Tensor, text_lengths: torch.Tensor
+                  ) -> DecoderInferenceOutput:
         """Free-running decoding; each item stops on its own gate.
 
         An item stops after the first step where any of its r gate probabilities exceeds
@@ -569,14 +552,34 @@ class Decoder(nn.Module):
             text_lengths: Long (B,).
 
         Returns:
-            (mel (B, n_mel, steps r), gate logits (B, steps r), alignments (B, steps, N),
-            decoder steps Long (B,), hit_max_steps Bool (B,)).
+            `DecoderInferenceOutput`: mel (B, n_mel, steps r), gate logits (B, steps r),
+            alignments (B, steps, N), decoder steps Long (B,), hit_max_steps Bool (B,).
         """
-        b = memory.shape[0]
+        b, n_tokens = memory.shape[:2]
         n_mel, r = self.n_mel_channels, self.n_frames_per_step
+        if self.cuda_graphs:
+            ctx = self.memory_context(self.static_loop().pad_text(memory), text_lengths)
+            frames, gates, weights, steps_taken, finished = self.static_loop().free_running(ctx)
+            # (steps, B, ...) -> (B, steps, ...); text padding cut off again.
+            out_frames, out_gates = frames.transpose(0, 1), gates.transpose(0, 1)
+            alignments = weights.transpose(0, 1)[:, :, :n_tokens]
+        else:
+            out_frames, out_gates, alignments, steps_taken, finished = self._eager_inference(
+                memory, text_lengths)
+        total = out_frames.shape[1]
+        # (B, steps, n_mel r) -> (B, steps r, n_mel) -> (B, n_mel, steps r)
+        mel_out = out_frames.reshape(b, total * r, n_mel).transpose(1, 2)
+        gate_out = out_gates.reshape(b, total * r)
+        return DecoderInferenceOutput(mel_out, gate_out, alignments, steps_taken, ~finished)
+
+    def _eager_inference(self, memory: torch.Tensor, text_lengths: torch.Tensor
+                         ) -> Tuple[torch.Tensor, ...]:
+        """The free-running loop step by step; (B, steps, ...) outputs, steps and finished."""
+        b = memory.shape[0]
+        n_mel = self.n_mel_channels
         ctx = self.memory_context(memory, text_lengths)
         state = self.initial_state(memory)
-        step = self._step_fn()
+        step = self.step_function()
         frame = memory.new_zeros(b, n_mel)  # the go frame
         steps_taken = torch.zeros(b, dtype=torch.long, device=memory.device)
         finished = torch.zeros(b, dtype=torch.bool, device=memory.device)
@@ -592,12 +595,9 @@ class Decoder(nn.Module):
             if bool(finished.all()):
                 break
             frame = frames[:, -n_mel:]  # the last frame of this group feeds the next step
-        total = len(out_frames)
-        steps_taken = torch.where(finished, steps_taken, total)
-        # (B, steps, n_mel r) -> (B, steps r, n_mel) -> (B, n_mel, steps r)
-        mel_out = torch.stack(out_frames, 1).view(b, total * r, n_mel).transpose(1, 2)
-        gate_out = torch.stack(out_gates, 1).view(b, total * r)
-        return mel_out, gate_out, torch.stack(out_weights, 1), steps_taken, ~finished
+        steps_taken = torch.where(finished, steps_taken, len(out_frames))
+        return (torch.stack(out_frames, 1), torch.stack(out_gates, 1),
+                torch.stack(out_weights, 1), steps_taken, finished)
 
 
 class Tacotron2(nn.Module):
@@ -626,7 +626,8 @@ class Tacotron2(nn.Module):
         return self.encoder(embedded, text_lengths)
 
     def _finish(self, mel: torch.Tensor, gate: torch.Tensor,
-                keep: Optional[torch.Tensor]) -> tuple:
+                keep: Optional[torch.Tensor]
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Postnet residual and padding masks; keep is Bool (B, T) or None."""
         if keep is None:
             return mel, mel + self.postnet(mel), gate
@@ -651,10 +652,10 @@ class Tacotron2(nn.Module):
             both mels and 1e3 in the gate.
         """
         memory = self.encode(text, text_lengths)
-        mel_out, gate, alignments = self.decoder(memory, mel, text_lengths)
+        decoded = self.decoder(memory, mel, text_lengths)
         keep = sequence_mask(mel_lengths, mel.shape[2]) if self.mask_padding else None
-        mel_out, mel_postnet, gate = self._finish(mel_out, gate, keep)
-        return Tacotron2Output(mel_out, mel_postnet, gate, alignments)
+        mel_out, mel_postnet, gate = self._finish(decoded.mel, decoded.gate, keep)
+        return Tacotron2Output(mel_out, mel_postnet, gate, decoded.alignments)
 
     def forward_batch(self, batch) -> Tacotron2Output:
         """`forward` on a `data_utils.Batch` (or anything with its fields)."""
@@ -672,9 +673,12 @@ class Tacotron2(nn.Module):
             `InferenceOutput`, padded beyond each `mel_lengths` (mel 0, gate 1e3, attention 0).
         """
         memory = self.encode(text, text_lengths)
-        mel, gate, alignments, steps, hit_max = self.decoder.inference(memory, text_lengths)
-        mel_lengths = steps * self.n_frames_per_step
-        mel, mel_postnet, gate = self._finish(mel, gate, sequence_mask(mel_lengths, mel.shape[2]))
-        step_keep = sequence_mask(steps, alignments.shape[1]).unsqueeze(2)  # (B, steps, 1)
+        decoded = self.decoder.inference(memory, text_lengths)
+        mel_lengths = decoded.steps * self.n_frames_per_step
+        mel, mel_postnet, gate = self._finish(decoded.mel, decoded.gate,
+                                              sequence_mask(mel_lengths, decoded.mel.shape[2]))
+        alignments = decoded.alignments
+        step_keep = sequence_mask(decoded.steps, alignments.shape[1]).unsqueeze(2)  # (B,steps,1)
         alignments = alignments.masked_fill(~step_keep, 0.0)
-        return InferenceOutput(mel, mel_postnet, gate, alignments, mel_lengths, hit_max)
+        return InferenceOutput(mel, mel_postnet, gate, alignments, mel_lengths,
+                               decoded.hit_max_steps)

@@ -5,6 +5,8 @@
         --out data/ruslan --resample
     python prepare_dataset.py --format mailabs --input ru_RU/by_book/male/minaev --out data/minaev
     python prepare_dataset.py --format generic --input my_list.txt --out data/mine --trim_silence
+    python prepare_dataset.py --format festvox --language ru --resample --trim_silence \\
+        --input /usr/share/festival/voices/russian/msu_ru_nsh_clunits --out data/festvox_ru
 
 Formats:
   ljspeech  `<input>/metadata.csv`: `id|raw text|normalized text`; audio `<input>/wavs/<id>.wav`.
@@ -14,6 +16,15 @@ Formats:
   mailabs   every `metadata.csv` below `<input>` (`id|text|normalized`, one per book), audio in
             the book's `wavs/` folder. Point `--input` at one speaker's folder for one voice.
   generic   `--input` is a `path|text` list; relative paths are relative to the list's folder.
+  festvox   a festvox voice folder, the layout of CMU ARCTIC and of Debian's festvox-* voices:
+            `<input>/etc/txt.done.data` (`--metadata`), one utterance a line,
+            `( ru_0002 "Она завела, прядь волнистых вол+ос за ухо, ..." )`: an id, then the text
+            in double quotes (a `\\"` inside it is a quote, `\\\\` a backslash); audio
+            `<input>/wav/<id>.wav` (`--wavs`). The text is kept as written: the Russian set keeps
+            the `+` stress marks (`--language ru`; the default language is en, as for CMU
+            ARCTIC). A line that does not have this shape stops the run with an error naming
+            `file:line` (such a file is not a festvox prompt list, or it is damaged), unlike
+            the `|` formats, where a bad line is skipped.
 
 Writes `<out>/train.txt` and `<out>/val.txt` (`path|text` lines, paths relative to `<out>`,
 transcripts as given: training runs the cleaners), split at random with `--seed`; `--val_size`
@@ -37,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -50,7 +62,7 @@ from audio import AudioError, audio_info, load_wav, mel_from_file, save_wav, tri
 from hparams import HParams, create_hparams
 from text import clean_text, unknown_characters
 
-FORMATS = ("ljspeech", "ruslan", "mailabs", "generic")
+FORMATS = ("ljspeech", "ruslan", "mailabs", "generic", "festvox")
 LANGUAGES = {"en": (["english_cleaners"], "english"), "ru": (["russian_cleaners"], "russian")}
 SKIPPED_SHOWN = 20  # skipped lines printed; all of them go to <out>/skipped.txt
 
@@ -199,8 +211,51 @@ def read_generic(list_path: str, metadata: Optional[str] = None, wavs: Optional[
     return items, skips
 
 
+# `( id "text" )` with optional spaces; inside the quotes a backslash escapes the next character
+# (festvox writes `\"` for a quote in a prompt).
+_festvox_line_re = re.compile(r'^\(\s*([^\s()"]+)\s+"((?:[^"\\]|\\.)*)"\s*\)\s*$')
+_festvox_escape_re = re.compile(r"\\(.)")
+
+
+def read_festvox(input_dir: str, metadata: Optional[str] = None, wavs: Optional[str] = None
+                 ) -> Tuple[List[Item], List[Skip]]:
+    """festvox / CMU ARCTIC: `( id "text" )` lines of etc/txt.done.data, audio wav/<id>.wav.
+
+    Raises:
+        PrepareError: a missing prompt file, or a line that is not `( id "text" )` (file:line).
+    """
+    if metadata is None and not os.path.isdir(input_dir):
+        raise PrepareError(f"{input_dir}: is not a folder; --format festvox takes a voice folder "
+                           f"holding etc/txt.done.data and wav/")
+    metadata = metadata or os.path.join(input_dir, "etc", "txt.done.data")
+    wavs = wavs or os.path.join(input_dir, "wav")
+    if not os.path.isfile(metadata):
+        raise PrepareError(f"{metadata}: no such prompt file (festvox voices keep "
+                           f"etc/txt.done.data)")
+    raw = Path(metadata).read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    items = []
+    for number, raw_line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            line = raw_line.decode("utf-8").strip()
+        except UnicodeDecodeError as err:
+            raise PrepareError(f"{metadata}:{number}: not UTF-8 ({err.reason} at byte "
+                               f"{err.start})") from None
+        if not line:
+            continue
+        match = _festvox_line_re.match(line)
+        if not match:
+            shown = line if len(line) <= 60 else line[:57] + "..."
+            raise PrepareError(f"{metadata}:{number}: malformed line, expected "
+                               f"'( id \"text\" )', found {shown!r}")
+        uid, text = match.group(1), _festvox_escape_re.sub(r"\1", match.group(2)).strip()
+        items.append(Item(metadata, number, uid, _audio_file(wavs, uid), text))
+    return items, []
+
+
 READERS = {"ljspeech": read_ljspeech, "ruslan": read_ruslan, "mailabs": read_mailabs,
-           "generic": read_generic}
+           "generic": read_generic, "festvox": read_festvox}
 
 
 def _unique_uids(items: List[Item]) -> List[Item]:
@@ -425,11 +480,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                "help(prepare_dataset)') for the formats.")
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--input", required=True,
-                        help="corpus folder (ljspeech, ruslan, mailabs) or path|text list "
-                             "(generic)")
+                        help="corpus folder (ljspeech, ruslan, mailabs, festvox) or path|text "
+                             "list (generic)")
     parser.add_argument("--out", required=True, help="folder for train.txt, val.txt, wavs/, mels/")
-    parser.add_argument("--metadata", help="metadata file (ljspeech, ruslan) if not the default")
-    parser.add_argument("--wavs", help="audio folder (ljspeech, ruslan) if not the default")
+    parser.add_argument("--metadata",
+                        help="metadata file (ljspeech, ruslan, festvox) if not the default")
+    parser.add_argument("--wavs",
+                        help="audio folder (ljspeech, ruslan, festvox) if not the default")
     parser.add_argument("--language", choices=sorted(LANGUAGES),
                         help="cleaners and symbol set for the text check; default: ru for "
                              "ruslan, en otherwise (--hparams text_cleaners/symbol_set win)")

@@ -6,9 +6,9 @@
         --precision bf16 --lengths ljspeech      # one configuration, the full model, one GPU
     python bench/train_throughput.py --loop optimised --filelist filelists/demo_en_train.txt
 
-A step is exactly `train.train_step`: forward under `train.autocast_context`, `Tacotron2Loss` with
-the guided-attention weight of the step, backward through the GradScaler (a no-op unless fp16),
-gradient clipping and an Adam step. Batches are built before the clock starts (no data loading
+A step is exactly `train.train_step`: forward under autocast (`commons.autocast_context`),
+`Tacotron2Loss` with the guided-attention weight of the step, backward through the GradScaler (a
+no-op unless fp16), gradient clipping and an Adam step. Batches are built before the clock starts (no data loading
 is timed except the copy to the device that `train_step` does), the first `--warmup` steps are
 not timed, and the clock is read after `train_step`'s own synchronising `.tolist()` and, on
 CUDA, after `torch.cuda.synchronize`.
@@ -36,7 +36,9 @@ clock starts). Batches come from `data_utils.LengthBucketSampler` over the pool:
 with `--bucketing on`, plain random batches with `--bucketing off`.
 
 `--loop reference` decodes with tests/reference_decoder.py's plain NVIDIA-style loop (same
-weights, same loss); `--loop optimised` with `Tacotron2.forward`. `--loop compare` (the default)
+weights, same loss); `--loop optimised` with `Tacotron2.forward`. `--cuda_graphs on` sets
+`hp.cuda_graphs` (the optimised step replayed as CUDA graphs, decoder_graphs.py; on a CPU the same
+static-buffer loop runs uncaptured) and `--compile on` sets `hp.compile`. `--loop compare` (the default)
 runs, each in a fresh process and one after the other:
   baseline    reference loop, random batches, r=1
   optimised   optimised loop, random batches, r=1   (the loop alone)
@@ -52,6 +54,7 @@ is the `default` preset with the issue's small dimensions (SMALL_MODEL below).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -77,7 +80,27 @@ from loss_function import Tacotron2Loss  # noqa: E402
 from model import Tacotron2  # noqa: E402
 from reference_decoder import reference_forward  # noqa: E402
 from text.symbols import get_symbols  # noqa: E402
-from train import setup_device, train_step  # noqa: E402
+
+
+def _training_function(name: str, modules: Sequence[str] = ("train", "commons")) -> Any:
+    """`name` from the first of `modules` defining it: training's helpers have moved between
+    train.py and commons.py, and the bench must time whatever training runs."""
+    for module in modules:
+        found = getattr(importlib.import_module(module), name, None)
+        if found is not None:
+            return found
+    raise ImportError(f"train_throughput.py: none of {', '.join(modules)} defines {name}; "
+                      f"update the bench to training's current layout")
+
+
+train_step = _training_function("train_step", ("train",))
+_setup_device = _training_function("setup_device")
+
+
+def setup_device(name: str) -> torch.device:
+    """Training's device set-up (CUDA device, TF32 matmuls); returns the device."""
+    result = _setup_device(name)
+    return result[-1] if isinstance(result, tuple) else result  # (rank, world, device) or device
 
 # The issue's small configuration: big enough that the decoder loop dominates as in the full
 # model, small enough for a CPU step of about a second at batch 16 on short utterances.
@@ -117,6 +140,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="length-bucketed or random batches (compare sets it per row)")
     parser.add_argument("--compile", choices=("on", "off"), default="off",
                         help="torch.compile the decoder step (optimised loop only)")
+    parser.add_argument("--cuda_graphs", choices=("on", "off"), default="off",
+                        help="the decoder loop on static buffers, CUDA graphs on a GPU "
+                             "(optimised loop only)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     parser.add_argument("--threads", type=int, default=None,
@@ -136,8 +162,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error("--warmup must be >= 0")
     if args.r is not None and args.r < 1:
         parser.error("--r must be >= 1")
-    if args.loop == "reference" and args.compile == "on":
-        parser.error("--compile on applies to the optimised loop only")
+    if args.loop == "reference" and "on" in (args.compile, args.cuda_graphs):
+        parser.error("--compile on and --cuda_graphs on apply to the optimised loop only")
     if args.compile == "on" and args.warmup < 1:
         parser.error("--compile on needs --warmup >= 1 (compilation happens in the warm-up)")
     if args.lengths is None:
@@ -153,6 +179,7 @@ def build_hparams(args: argparse.Namespace) -> HParams:
     hp = create_hparams(text)
     changes: Dict[str, Any] = dict(batch_size=args.batch_size, precision=args.precision,
                                    compile=args.compile == "on",
+                                   cuda_graphs=args.cuda_graphs == "on",
                                    bucket_batches=args.bucketing == "on")
     if args.r is not None:
         changes["n_frames_per_step"] = args.r
@@ -290,7 +317,7 @@ def measure(args: argparse.Namespace) -> Dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     hp = build_hparams(args)
-    _, _, device = setup_device(args.device)
+    device = setup_device(args.device)
     items, mel_lengths, data = load_items(args, hp)
     batches = build_batches(items, mel_lengths, hp, args.warmup + args.steps, args.seed,
                             pin=device.type != "cpu")
@@ -328,6 +355,7 @@ def measure(args: argparse.Namespace) -> Dict[str, Any]:
     return {
         "loop": args.loop, "preset": args.preset, "r": hp.n_frames_per_step,
         "bucketing": args.bucketing, "precision": hp.precision, "compile": hp.compile,
+        "cuda_graphs": hp.cuda_graphs,
         "batch_size": hp.batch_size, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "torch": torch.__version__, "data": data,
@@ -347,7 +375,7 @@ def measure(args: argparse.Namespace) -> Dict[str, Any]:
 
 # ---------------------------------------------------------------------------------- output
 def _table(rows: List[Dict[str, Any]], baseline: Optional[float]) -> str:
-    head = (f"{'configuration':<44} {'real frames/s':>13} {'padding':>8} {'s/step':>8} "
+    head = (f"{'configuration':<52} {'real frames/s':>13} {'padding':>8} {'s/step':>8} "
             f"{'peak MB':>8} {'speed-up':>8}")
     lines = [head]
     for row in rows:
@@ -355,8 +383,9 @@ def _table(rows: List[Dict[str, Any]], baseline: Optional[float]) -> str:
         name = (f"{row['name']}: " if "name" in row else "") + (
             f"{row['loop']} loop, {'buckets' if row['bucketing'] == 'on' else 'random'}, "
             f"r={row['r']}" + (", compiled" if row["compile"] else "")
+            + (", graphs" if row.get("cuda_graphs") else "")
             + (f", {row['precision']}" if row["precision"] != "fp32" else ""))
-        lines.append(f"{name:<44} {row['real_frames_per_s']:>13.1f} "
+        lines.append(f"{name:<52} {row['real_frames_per_s']:>13.1f} "
                      f"{100 * row['padding_share']:>7.1f}% {row['s_per_step']:>8.3f} "
                      f"{row['peak_mb']:>8.0f} {speed:>8}")
     return "\n".join(lines)
@@ -377,7 +406,8 @@ def _child_argv(args: argparse.Namespace, loop: str, bucketing: str, r: int) -> 
             "--device", args.device, "--precision", args.precision, "--steps", str(args.steps),
             "--warmup", str(args.warmup), "--lengths", args.lengths, "--pool", str(args.pool),
             "--seed", str(args.seed),
-            "--compile", args.compile if loop == "optimised" else "off"]
+            "--compile", args.compile if loop == "optimised" else "off",
+            "--cuda_graphs", args.cuda_graphs if loop == "optimised" else "off"]
     for flag, value in (("--hparams", args.hparams), ("--threads", args.threads),
                         ("--filelist", args.filelist), ("--data_root", args.data_root)):
         if value:

@@ -230,9 +230,10 @@ def test_bad_lines_are_each_reported_and_the_rest_still_checked(tmp_path):
     path.write_bytes(("\n".join(lines) + "\n").encode("utf-8") + b"\xff\xfe|x\n")
     problems = check_filelists(str(path), None, RU_HP, decode_audio=True)
     got = [(p.line, p.kind, p.message) for p in problems]
+    # line 9 ("!?", punctuation alone) passed before no_letters became an error
     assert [(line, kind) for line, kind, _ in got] == [
         (2, "bad_line"), (3, "empty_text"), (4, "bad_line"), (5, "bad_line"), (6, "bad_line"),
-        (7, "unreadable_audio"), (8, "empty_audio"), (10, "bad_line")]
+        (7, "unreadable_audio"), (8, "empty_audio"), (9, "no_letters"), (10, "bad_line")]
     messages = dict(((line, kind), m) for line, kind, m in got)
     assert messages[(2, "bad_line")] == ("expected 'audio_path|text' or 'audio_path|text|speaker',"
                                          " found 1 field(s) separated by '|'")
@@ -244,10 +245,13 @@ def test_bad_lines_are_each_reported_and_the_rest_still_checked(tmp_path):
     assert messages[(10, "bad_line")].startswith("not UTF-8 (invalid start byte at byte 0)")
 
 
-def test_punctuation_only_text_is_empty_after_cleaning(tmp_path):
+def test_punctuation_only_text_is_an_error(tmp_path):
     rows = [(healthy(tmp_path, "a.wav", "Кот спит.", 0), "…")]
     problems = check_filelists(write_list(tmp_path / "l.txt", rows), None, RU_HP)
-    assert [p.kind for p in problems] == []  # "..." is three symbols: not empty
+    # "..." is three symbols, so not empty; but nothing in it is pronounced
+    assert [(p.severity, p.kind, p.message) for p in problems] == [
+        ("error", "no_letters", "text '…' has no letters (cleaned: '...'); write out what is "
+                                "said or drop the line")]
     rows = [(rows[0][0], "«»")]
     problems = check_filelists(write_list(tmp_path / "l.txt", rows), None, RU_HP)
     assert [(p.kind, p.message) for p in problems] == [
@@ -276,8 +280,14 @@ def test_english_text_with_a_character_outside_the_set(tmp_path):
 def test_missing_filelist_and_problem_format(tmp_path):
     missing = str(tmp_path / "nope.txt")
     (problem,) = check_filelists(missing)
-    assert problem == Problem(missing, 0, "error", "bad_filelist", "no such filelist")
-    assert str(problem) == f"{missing}: error: no such filelist"
+    # the message names what the folder holds (here: nothing)
+    message = f"no such filelist; {tmp_path}/ holds no files"
+    assert problem == Problem(missing, 0, "error", "bad_filelist", message)
+    assert str(problem) == f"{missing}: error: {message}"
+    (tmp_path / "train.txt").write_text("a.wav|A.\n", encoding="utf-8")
+    (tmp_path / "val.txt").write_text("b.wav|B.\n", encoding="utf-8")
+    (problem,) = check_filelists(str(tmp_path / "trian.txt"))
+    assert problem.message == f"no such filelist; filelists in {tmp_path}/: train.txt, val.txt"
     empty = tmp_path / "empty.txt"
     empty.write_text("# only a comment\n", encoding="utf-8")
     assert str(check_filelists(str(empty))[0]).endswith("error: the filelist holds no utterances")
@@ -299,3 +309,55 @@ def test_default_filelists_and_bad_hparams(capsys, monkeypatch):
     assert "checked 210 lines in 2 filelist(s)" in capsys.readouterr().out
     assert main(["--hparams", "no_such_hparam=1"]) == 2
     assert "unknown hparam 'no_such_hparam'" in capsys.readouterr().err
+
+
+def _long_and_letterless(tmp_path):
+    """Ten healthy lines, the longest clip over max_audio_seconds, and a "?!..." transcript.
+
+    Returns (filelist, hparams string, line of the long clip, line of the letterless text).
+    """
+    rows = [(healthy(tmp_path, f"a{i}.wav", t, i), t) for i, t in enumerate(SENTENCES_RU[:10])]
+    rows.append((healthy(tmp_path, "q.wav", "Где мои ключи?", 77), "?!..."))
+    seconds = [sf.info(tmp_path / a).duration for a, _ in rows[:10]]
+    limit = sorted(seconds)[-2] + 1e-3  # only the longest clip is over it
+    path = write_list(tmp_path / "l.txt", rows)
+    return path, f"{RU},max_audio_seconds={limit}", int(np.argmax(seconds)) + 1, 11
+
+
+def test_long_audio_and_letterless_text_are_errors_that_write_clean_drops(tmp_path, capsys):
+    path, hparams, long_line, letterless_line = _long_and_letterless(tmp_path)
+    problems = check_filelists(path, None, create_hparams(hparams), decode_audio=False)
+    assert sorted((p.line, p.severity, p.kind) for p in problems) == sorted(
+        [(long_line, "error", "too_long"), (letterless_line, "error", "no_letters")])
+    too_long = next(p for p in problems if p.kind == "too_long")
+    assert "longer than max_audio_seconds=" in too_long.message
+    assert "split the clip, drop the line (--write-clean) or raise max_audio_seconds" in \
+        too_long.message
+    out = tmp_path / "clean.txt"
+    assert main([path, "--hparams", hparams, "--no-decode", "--write-clean", str(out)]) == 1
+    assert "errors: no_letters 1, too_long 1" in capsys.readouterr().out
+    kept = out.read_text(encoding="utf-8").splitlines()
+    assert len(kept) == 9 and not any(line.endswith("|?!...") for line in kept)
+    assert main([str(out), "--hparams", hparams, "--no-decode"]) == 0
+
+
+def test_training_refuses_to_start_on_long_audio_or_letterless_text(tmp_path):
+    import subprocess
+    import sys
+
+    path, hparams, _, _ = _long_and_letterless(tmp_path)
+    val = write_list(tmp_path / "val.txt", [(healthy(tmp_path, f"v{i}.wav", t, 50 + i), t)
+                                            for i, t in enumerate(SENTENCES_RU[16:19:2])])
+    # without the two planted errors the same data passes: they alone stop training
+    assert check_filelists(val, None, create_hparams(hparams), decode_audio=False) == []
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, str(root / "train.py"), f"--output_directory={tmp_path / 'out'}",
+           f"--log_directory={tmp_path / 'logs'}", f"--tensorboard_directory={tmp_path / 'tb'}",
+           f"--hparams=preset=tiny,{hparams},training_files={path},validation_files={val}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    printed = proc.stdout + proc.stderr
+    log = tmp_path / "logs" / "train.log"
+    if log.exists():
+        printed += log.read_text(encoding="utf-8")
+    assert "longer than max_audio_seconds=" in printed and "has no letters" in printed

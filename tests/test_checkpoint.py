@@ -1,11 +1,14 @@
 """Checkpoint format, atomic save, LATEST, pruning, safe loading and warm start."""
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from checkpoint import (CheckpointError, list_checkpoints, load_checkpoint, model_from_checkpoint,
-                        prune_checkpoints, resolve_checkpoint, save_checkpoint, warm_start_state)
+                        prune_checkpoints, remove_orphan_temporaries, resolve_checkpoint,
+                        save_checkpoint, warm_start_state)
 from hparams import create_hparams
 from model import Tacotron2
 from text.symbols import get_symbols
@@ -56,7 +59,7 @@ def test_latest_without_symlink_scans_folder(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"not a checkpoint at all", "not a readable PyTorch checkpoint"),
+    (b"not a checkpoint at all", "not a PyTorch checkpoint"),
     (None, "no 'state_dict'"),
     ("list", "not a checkpoint dict"),
 ])
@@ -133,3 +136,165 @@ def test_warm_start_from_nvidia_state_dict(tmp_path, symbol_set, cleaners):
         # a Cyrillic letter takes the row of its transliteration
         assert torch.equal(state["embedding.weight"][symbols.index("м")],
                            source.state_dict()["embedding.weight"][english.index("m")])
+
+
+# ---------------------------------------------------------------------------- refusal messages
+
+class _RunsCode:
+    """Pickles as a call of os.system: what a booby-trapped checkpoint holds."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _Evaluates:
+    def __reduce__(self):
+        return (eval, ("1 + 1",))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_checkpoint_with_code_is_refused_and_never_run(tmp_path, legacy):
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "checkpoint_3"
+    torch.save({"state_dict": {}, "payload": _RunsCode(marker)}, path,
+               _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(str(path))
+    assert str(info.value) == (f"{path}: contains code (blocked global `os.system`) and was "
+                               f"refused; it was not loaded")
+    assert not marker.exists()
+    torch.save({"state_dict": {}, "payload": _Evaluates()}, path)
+    with pytest.raises(CheckpointError, match=r"blocked global `builtins.eval`"):
+        load_checkpoint(str(path))
+
+
+def _refused(path):
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(str(path))
+    message = str(info.value)
+    assert "\n" not in message and "weights_only" not in message
+    return message
+
+
+def test_text_and_random_bytes_are_not_checkpoints(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_bytes(b"not a checkpoint at all\nsecond line")
+    assert _refused(text) == (f"{text}: not a PyTorch checkpoint (text: 'not a checkpoint at all "
+                              f"second line'); give a checkpoint_<step> file or an NVIDIA .pt "
+                              f"file")
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(bytes([0x70, 0x36, 0xc0, 0x03]) + bytes(range(200)))
+    assert _refused(noise) == (f"{noise}: not a PyTorch checkpoint (unknown binary data starting "
+                               f"70 36 c0 03 00 01 02 03); give a checkpoint_<step> file or an "
+                               f"NVIDIA .pt file")
+    import pickle
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"state_dict": {}}, protocol=2))
+    assert "not a PyTorch checkpoint (a Python pickle without torch's header)" in _refused(plain)
+    import zipfile
+    archive = tmp_path / "archive.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("readme.txt", "hello")
+    assert "not a PyTorch checkpoint (a zip archive without torch's data.pkl)" in _refused(archive)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("keep", [0.0, 0.02, 0.5, 0.98])
+def test_a_cut_file_is_truncated(tmp_path, legacy, keep):
+    path = tmp_path / "checkpoint_2"
+    torch.save({"state_dict": {"w": torch.zeros(5000)}}, path,
+               _use_new_zipfile_serialization=not legacy)
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+    message = _refused(path)
+    assert message.startswith(f"{path}: truncated (")
+    assert message.endswith("copy it again or use an earlier checkpoint")
+
+
+def test_temporary_names_carry_the_pid(tmp_path, monkeypatch):
+    written = []
+    real_save = torch.save
+
+    def recording_save(obj, f, *args, **kwargs):
+        written.append(os.path.basename(str(f)))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", recording_save)
+    _save(tmp_path, 3)
+    assert written == [f"checkpoint_3.tmp{os.getpid()}"]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint_3", "checkpoint_LATEST"]
+
+
+# ---------------------------------------------------------------------------- orphan temporaries
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _touch(path, mtime, symlink_to=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if symlink_to:
+        os.symlink(symlink_to, path)
+    else:
+        path.write_bytes(b"partial")
+    os.utime(path, (mtime, mtime), follow_symlinks=not symlink_to)
+
+
+def test_remove_orphan_temporaries(tmp_path):
+    live = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE)
+    try:
+        dead, own = _dead_pid(), os.getpid()
+        run = tmp_path / "run"
+        t = 1_700_000_000
+        _touch(run / "checkpoint_10", t)  # the newest checkpoint
+        _touch(run / "checkpoint_5", t - 500)
+        _touch(run / "hparams.json", t + 100)
+        _touch(run / "notes.tmp1", t + 100)  # not ours: no checkpoint_ prefix
+        _touch(run / "alignments" / "step_10.npz", t)
+        orphans = [
+            run / f"checkpoint_20.tmp{dead}",  # writer dead
+            run / f"checkpoint_20.tmp{own}",  # this process: not saving now
+            run / f"checkpoint_5.tmp{live.pid}",  # writer alive, but overtaken by checkpoint_10
+            run / "alignments" / "step_5.npz.tmp.npz",  # no pid, overtaken
+            run / "alignments" / f"step_20.tmp{dead}.npz",
+        ]
+        kept = [
+            run / f"checkpoint_20.tmp{live.pid}",  # a live writer, newer than the newest
+            run / "alignments" / "step_20.npz.tmp.npz",  # no pid, newer: maybe being written
+        ]
+        for path in orphans[:2] + orphans[4:] + kept:
+            _touch(path, t + 100)
+        for path in orphans[2:4]:
+            _touch(path, t - 100)
+        latest_tmp = run / f"checkpoint_LATEST.tmp{dead}"  # a dangling symlink
+        _touch(latest_tmp, t + 100, symlink_to="checkpoint_20")
+        orphans.append(latest_tmp)
+
+        removed = remove_orphan_temporaries(str(run))
+        assert sorted(removed) == sorted(str(p) for p in orphans)
+        assert not any(os.path.lexists(p) for p in orphans)
+        assert all(p.exists() for p in kept)
+        assert sorted(os.listdir(run)) == sorted(
+            ["alignments", "checkpoint_10", "checkpoint_5", "hparams.json", "notes.tmp1",
+             f"checkpoint_20.tmp{live.pid}"])
+        assert remove_orphan_temporaries(str(run)) == []
+    finally:
+        live.stdin.close()
+        live.wait()
+    # its writer gone, the last one goes too
+    assert remove_orphan_temporaries(str(run)) == [str(run / f"checkpoint_20.tmp{live.pid}")]
+
+
+def test_remove_orphan_temporaries_without_checkpoints(tmp_path):
+    dead = _dead_pid()
+    (tmp_path / f"checkpoint_5.tmp{dead}").write_bytes(b"x")
+    (tmp_path / "alignments").mkdir()
+    (tmp_path / "alignments" / "step_5.npz.tmp.npz").write_bytes(b"x")  # no pid, no newer save
+    assert remove_orphan_temporaries(str(tmp_path)) == [str(tmp_path / f"checkpoint_5.tmp{dead}")]
+    assert remove_orphan_temporaries(str(tmp_path / "nowhere")) == []

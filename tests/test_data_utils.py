@@ -8,9 +8,9 @@ import torch
 
 import audio
 import data_utils
-from data_utils import (Batch, DataError, LengthBucketSampler, TextMelCollate, TextMelDataset,
-                        curriculum_max_text_length, padding_share, prepare_dataloaders,
-                        read_filelist)
+from data_utils import (Batch, DataError, FilelistProblem, LengthBucketSampler, SamplerStateError,
+                        TextMelCollate, TextMelDataset, curriculum_max_text_length,
+                        padding_share, prepare_dataloaders, read_filelist)
 from hparams import create_hparams
 from text import text_to_sequence
 
@@ -98,6 +98,76 @@ def test_missing_and_empty_filelist(tmp_path):
     folder.mkdir()
     with pytest.raises(DataError, match="a_folder: cannot read filelist"):
         read_filelist(folder)
+
+
+def test_missing_filelist_names_the_filelists_beside_it(tmp_path):
+    lists = tmp_path / "filelists"
+    lists.mkdir()
+    for name in ("demo_en_train.txt", "demo_en_val.txt", "demo_ru_train.txt"):
+        (lists / name).write_text("a.wav|A.\n", encoding="utf-8")
+    (lists / ".hidden.txt").write_text("x", encoding="utf-8")
+    (lists / "notes.md").write_text("x", encoding="utf-8")
+    (lists / "sub").mkdir()
+    typo = str(lists / "demo_en_trian.txt")
+    with pytest.raises(DataError) as info:
+        read_filelist(typo)
+    assert str(info.value) == (f"{typo}: no such filelist; filelists in {lists}/: "
+                               f"demo_en_train.txt, demo_en_val.txt, demo_ru_train.txt")
+    assert info.value.problem == FilelistProblem("bad_filelist", typo, 0,
+                                                 str(info.value)[len(typo) + 2:])
+    with pytest.raises(DataError, match=r"no such filelist; the folder .*nowhere/ does not exist"):
+        read_filelist(tmp_path / "nowhere" / "train.txt")
+
+
+def test_missing_filelist_lists_at_most_eight(tmp_path):
+    for i in range(11):
+        (tmp_path / f"list_{i:02d}.txt").write_text("a.wav|A.\n", encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        read_filelist(tmp_path / "nope.txt")
+    assert str(info.value).endswith("list_06.txt, list_07.txt, ... (3 more)")
+
+
+def test_collecting_mode_reports_every_fault_with_its_kind(tmp_path, make_corpus):
+    corpus = make_corpus(tmp_path, 3)
+    good = corpus.filelist.read_text(encoding="utf-8").splitlines()
+    lines = [good[0], "no text here", "wavs/train_001.wav|  ", "|Text.", good[1] + "| ",
+             "wavs/nowhere.wav|Text.", good[2]]
+    corpus.filelist.write_bytes(("\n".join(lines) + "\n").encode("utf-8") + b"\xff|x\n")
+    entries, problems = read_filelist(corpus.filelist, collect_errors=True)
+    # the good lines come back exactly as the raising mode reads them
+    assert [(e.line, e.audio_path, e.text) for e in entries] == [
+        (1, str(corpus.wavs[0]), corpus.texts[0]), (7, str(corpus.wavs[2]), corpus.texts[2])]
+    filelist = str(corpus.filelist)
+    assert [(p.kind, p.file, p.line) for p in problems] == [
+        ("bad_line", filelist, 2), ("empty_text", filelist, 3), ("bad_line", filelist, 4),
+        ("bad_line", filelist, 5), ("missing_audio", filelist, 6), ("bad_line", filelist, 8)]
+    assert problems[1].message == "empty text for wavs/train_001.wav"
+    assert problems[3].message == "empty speaker name after the second '|'"
+    assert problems[5].message.startswith("not UTF-8 (invalid start byte at byte 0)")
+    assert str(problems[0]) == (f"{filelist}:2: expected 'audio_path|text' or "
+                                f"'audio_path|text|speaker', found 1 field(s) separated by '|'")
+    # the raising mode stops at the first of them, with the same words
+    with pytest.raises(DataError) as info:
+        read_filelist(corpus.filelist)
+    assert str(info.value) == str(problems[0]) and info.value.problem == problems[0]
+    # without the existence check the missing wav is an entry (check_data reports it itself)
+    entries, problems = read_filelist(corpus.filelist, check_exists=False, collect_errors=True)
+    assert 6 in [e.line for e in entries] and "missing_audio" not in [p.kind for p in problems]
+
+
+def test_collecting_mode_whole_file_faults(tmp_path):
+    missing = tmp_path / "nope.txt"
+    assert read_filelist(missing, collect_errors=True) == ([], [FilelistProblem(
+        "bad_filelist", str(missing), 0, f"no such filelist; {tmp_path}/ holds no files")])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n", encoding="utf-8")
+    assert read_filelist(empty, collect_errors=True) == ([], [FilelistProblem(
+        "bad_filelist", str(empty), 0, "the filelist holds no utterances")])
+    # only bad lines: each is reported, and no "holds no utterances" on top
+    bad = tmp_path / "bad.txt"
+    bad.write_text("just one field\n", encoding="utf-8")
+    entries, problems = read_filelist(bad, check_exists=False, collect_errors=True)
+    assert entries == [] and [(p.kind, p.line) for p in problems] == [("bad_line", 1)]
 
 
 # ---------------------------------------------------------------------------- dataset
@@ -291,6 +361,30 @@ def test_collate_rejects_mixed_mel_channels():
         TextMelCollate(0)
 
 
+def test_collate_keeps_the_order_it_applied():
+    lengths = [3, 5, 1, 5, 2]  # ties keep their input order (a stable sort)
+    items = [(torch.arange(1, n + 1), torch.full((2, n + 1), float(i)))
+             for i, n in enumerate(lengths)]
+    batch = TextMelCollate(1)(items)
+    assert batch.order.dtype == torch.long and batch.order.tolist() == [1, 3, 0, 4, 2]
+    for row, index in enumerate(batch.order.tolist()):
+        assert int(batch.text_lengths[row]) == lengths[index]
+        assert torch.equal(batch.mel[row, :, :lengths[index] + 1], items[index][1])
+    # rows back in input order, without comparing tensors
+    restored = batch.text_lengths[batch.order.argsort()]
+    assert restored.tolist() == lengths
+
+
+def test_batch_to_keeps_order_on_the_cpu_and_six_field_batches_still_work():
+    batch = TextMelCollate(1)(_items())
+    moved = batch.to("meta")
+    assert moved.text.device.type == "meta" and moved.mel.device.type == "meta"
+    assert moved.order.device.type == "cpu" and moved.order.tolist() == [1, 0]
+    assert moved.speakers is None
+    by_hand = Batch(*batch[:6])  # six fields, as code written before `order` builds it
+    assert by_hand.order is None and by_hand.to("cpu").order is None
+
+
 # ---------------------------------------------------------------------------- samplers
 
 def _lengths(n, seed=0):
@@ -411,6 +505,202 @@ def test_curriculum_max_text_length_schedule():
 def test_sampler_argument_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LengthBucketSampler([1, 2, 3], **kwargs)
+
+
+def _resume_cases():
+    text_lengths = np.random.default_rng(7).integers(5, 120, 203).tolist()
+    lengths = _lengths(203, seed=7)
+    return [
+        dict(lengths=lengths, batch_size=8, seed=11, bucket_size_multiplier=4),
+        dict(lengths=lengths, batch_size=8, seed=11, bucket=False),
+        dict(lengths=lengths, batch_size=8, seed=11, drop_last=True),
+        dict(lengths=lengths, batch_size=6, seed=3, num_replicas=3, rank=2),
+        dict(lengths=lengths, batch_size=6, seed=3, num_replicas=2, rank=0, drop_last=True),
+        dict(lengths=lengths, batch_size=8, seed=5, text_lengths=text_lengths, cap=40),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_resumed_sampler_continues_the_epoch_exactly(case):
+    import json
+
+    config = dict(_resume_cases()[case])
+    cap = config.pop("cap", None)
+    straight = LengthBucketSampler(**config)
+    straight.set_epoch(3)
+    if cap is not None:
+        straight.set_max_text_length(cap)
+    batches = list(straight)
+    assert len(batches) == len(straight) == straight.batches_per_epoch() > 4
+    for k in (0, 1, len(batches) // 2, len(batches) - 1, len(batches)):
+        # through JSON, as a checkpoint's `extra` would carry it
+        state = json.loads(json.dumps(straight.state_dict(position=k)))
+        fresh = LengthBucketSampler(**config)  # no epoch, no cap: all comes from the state
+        fresh.load_state_dict(state)
+        assert (fresh.epoch, fresh.start_batch, fresh.max_text_length) == (3, k, cap)
+        assert list(fresh) == batches[k:]
+        assert len(fresh) == len(batches) - k
+        assert list(fresh) == batches[k:]  # the position holds for every iteration of the epoch
+        # the next epoch starts from its beginning, as the straight run's does
+        fresh.set_epoch(4)
+        straight_next = LengthBucketSampler(**config)
+        straight_next.set_epoch(4)
+        if cap is not None:
+            straight_next.set_max_text_length(cap)
+        assert list(fresh) == list(straight_next)
+
+
+def test_set_epoch_start_batch_and_reset():
+    sampler = LengthBucketSampler(_lengths(100), 8, seed=2)
+    sampler.set_epoch(5)
+    full = list(sampler)
+    sampler.set_epoch(5, start_batch=4)
+    assert list(sampler) == full[4:] and len(sampler) == len(full) - 4
+    sampler.set_epoch(5)
+    assert list(sampler) == full
+    sampler.set_epoch(5, start_batch=len(full) + 1)
+    with pytest.raises(ValueError, match=r"start_batch 14 is past the end of epoch 5, which has "
+                                         r"13 batches"):
+        list(sampler)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        sampler.set_epoch(-1)
+
+
+def test_epoch_order_ignores_the_global_rngs():
+    import random
+
+    orders = []
+    for seed in (0, 99):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        sampler = LengthBucketSampler(_lengths(150), 8, seed=4)
+        sampler.set_epoch(2)
+        orders.append(list(sampler))
+    assert orders[0] == orders[1]
+
+
+def test_state_dict_is_plain_and_complete():
+    import json
+
+    sampler = LengthBucketSampler(_lengths(40), 4, seed=9, text_lengths=list(range(1, 41)))
+    sampler.set_epoch(2, start_batch=1)
+    sampler.set_max_text_length(10)
+    state = sampler.state_dict()
+    assert json.loads(json.dumps(state)) == state
+    assert state["epoch"] == 2 and state["start_batch"] == 1 and state["max_text_length"] == 10
+    assert state["allowed"] == list(range(10)) and state["n_items"] == 40
+    assert state["batches_per_epoch"] == 3 and state["rank"] == 0
+    assert (state["seed"], state["batch_size"], state["shuffle"], state["bucket"]) == (9, 4, True,
+                                                                                       True)
+    sampler.set_allowed([1, 3, 5])
+    assert sampler.state_dict()["max_text_length"] is None
+    assert sampler.state_dict()["allowed"] == [1, 3, 5]
+
+
+def test_rank_loads_the_state_of_rank_0():
+    lengths = _lengths(90)
+    ranks = [LengthBucketSampler(lengths, 6, seed=1, num_replicas=2, rank=r) for r in (0, 1)]
+    for sampler in ranks:
+        sampler.set_epoch(1)
+    expected = [list(s)[2:] for s in ranks]
+    state = ranks[0].state_dict(position=2)
+    for rank in (0, 1):
+        fresh = LengthBucketSampler(lengths, 6, seed=1, num_replicas=2, rank=rank)
+        fresh.load_state_dict(state)
+        assert fresh.rank == rank and list(fresh) == expected[rank]
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(batch_size=4), "batch_size 8 saved, 4 now"),
+    (dict(seed=2), "seed 1 saved, 2 now"),
+    (dict(num_replicas=2), "num_replicas 1 saved, 2 now"),
+    (dict(bucket=False, drop_last=True), "drop_last False saved, True now, bucket True saved, "
+                                         "False now"),
+    (dict(lengths=_lengths(60, seed=1)), "the 60 item lengths differ from the saved ones (the "
+                                         "filelist or its audio changed)"),
+    (dict(lengths=_lengths(61)), "saved over 60 items, now 61 (the filelist changed)"),
+])
+def test_state_of_another_sampler_is_refused(change, message):
+    original = LengthBucketSampler(_lengths(60), 8, seed=1)
+    original.set_epoch(2)
+    state = original.state_dict(position=3)
+    other = LengthBucketSampler(**{**dict(lengths=_lengths(60), batch_size=8, seed=1), **change})
+    other.set_epoch(7, start_batch=1)
+    with pytest.raises(SamplerStateError) as info:
+        other.load_state_dict(state)
+    assert str(info.value) == (f"sampler state: {message}; the saved data order cannot be "
+                               f"continued exactly (start the epoch afresh with set_epoch)")
+    assert (other.epoch, other.start_batch, other.allowed) == (7, 1, None)  # left unchanged
+
+
+def test_malformed_sampler_state_is_refused():
+    sampler = LengthBucketSampler(_lengths(60), 8, seed=1)
+    state = sampler.state_dict()
+    with pytest.raises(SamplerStateError, match="start_batch 9 is past the end of epoch 0 "
+                                                r"\(8 batches on this rank\)"):
+        sampler.load_state_dict({**state, "start_batch": 9})
+    assert sampler.start_batch == 0
+    with pytest.raises(SamplerStateError, match=r"offered item indices outside 0..59"):
+        sampler.load_state_dict({**state, "allowed": [0, 60]})
+    with pytest.raises(SamplerStateError, match="not a version-1 sampler state"):
+        sampler.load_state_dict({"epoch": 1})
+    with pytest.raises(SamplerStateError, match="missing lengths_sha1"):
+        sampler.load_state_dict({k: v for k, v in state.items() if k != "lengths_sha1"})
+
+
+class _IndexDataset(torch.utils.data.Dataset):
+    """Item i is i: the loader's output shows the order the sampler gave."""
+
+    def __len__(self):
+        return 203
+
+    def __getitem__(self, index):
+        return index
+
+
+def _as_lists(batch):
+    return [int(i) for i in batch]
+
+
+def test_resumed_sampler_through_a_dataloader_with_workers():
+    from torch.utils.data import DataLoader
+
+    config = _resume_cases()[0]
+    straight = LengthBucketSampler(**config)
+    straight.set_epoch(6)
+    expected = list(straight)
+    k = len(expected) // 3
+    fresh = LengthBucketSampler(**config)
+    fresh.load_state_dict(straight.state_dict(position=k))
+    loader = DataLoader(_IndexDataset(), batch_sampler=fresh, num_workers=2,
+                        collate_fn=_as_lists, generator=data_utils.loader_generator(0))
+    assert len(loader) == len(expected) - k
+    assert list(loader) == expected[k:]
+
+
+def _tiny_loaders(tmp_path, make_corpus, workers):
+    train = make_corpus(tmp_path, 6, name="train")
+    val = make_corpus(tmp_path, 3, name="val")
+    hp = create_hparams(f"preset=tiny,training_files={train.filelist},"
+                        f"validation_files={val.filelist},num_workers={workers}")
+    return prepare_dataloaders(hp, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_creating_loader_iterators_leaves_the_global_rng_alone(tmp_path, make_corpus, workers):
+    from torch.utils.data import DataLoader
+
+    train_loader, val_loader, _, _ = _tiny_loaders(tmp_path, make_corpus, workers)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    for loader in (train_loader, val_loader):
+        for _ in range(2):
+            assert len(list(iter(loader))) > 0
+            assert torch.equal(torch.get_rng_state(), before)
+    # what the dedicated generators prevent: a plain loader draws from the global RNG
+    iter(DataLoader(list(range(4))))
+    assert not torch.equal(torch.get_rng_state(), before)
 
 
 # ---------------------------------------------------------------------------- loaders

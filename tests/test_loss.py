@@ -17,7 +17,7 @@ SIGMA = 0.2
 
 
 def slow_guided_loss(a: torch.Tensor, n_text: int, n_steps: int, sigma: float) -> float:
-    """The formula of DESIGN.md as an explicit double loop over one (T, N) block."""
+    """The formula of docs/alignment_metrics.md as an explicit double loop over one (T, N) block."""
     total = 0.0
     for t in range(n_steps):
         for n in range(n_text):
@@ -240,7 +240,7 @@ def test_loss_is_float32_under_bf16_outputs():
 
 
 def schedule(step: int, hp) -> float:
-    """DESIGN.md's formula, written out independently."""
+    """The formula of docs/alignment_metrics.md, written out independently."""
     w = hp.guide_loss_weight * max(hp.guide_lowbound, hp.guide_scale * hp.guide_decay ** step)
     if step >= hp.guide_decay_start and hp.guide_decay_steps > 0:
         w *= max(0.0, 1.0 - (step - hp.guide_decay_start) / hp.guide_decay_steps)

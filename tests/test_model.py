@@ -14,15 +14,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for reference_decoder
 
+import numpy as np  # noqa: E402
+
 from commons import decoder_lengths, sequence_mask  # noqa: E402
+from decoder_graphs import TEXT_BUCKET, padded_text_length  # noqa: E402
 from hparams import create_hparams  # noqa: E402
 from layers import ConvNorm, LinearNorm  # noqa: E402
 from loss_function import Tacotron2Loss  # noqa: E402
-from model import DecoderState, Tacotron2, Tacotron2Output  # noqa: E402
+from decoder_step import StepOutput  # noqa: E402
+from model import (DecoderInferenceOutput, DecoderOutput, DecoderState, Tacotron2,  # noqa: E402
+                   Tacotron2Output)
 from reference_decoder import reference_forward  # noqa: E402
 from text.symbols import get_symbols  # noqa: E402
 
-# NVIDIA's state_dict at default hparams (NVIDIA_FACTS.md), in NVIDIA's order.
+# NVIDIA's state_dict at default hparams (docs/nvidia_compatibility.md), in NVIDIA's order.
 NVIDIA_STATE_DICT = [
     ("embedding.weight", (148, 512)),
     ("encoder.convolutions.0.0.conv.weight", (512, 512, 5)),
@@ -150,6 +155,8 @@ def test_sequence_mask_values_and_width():
 @pytest.mark.parametrize("r, expected", [(1, [7, 8, 1]), (2, [4, 4, 1]), (3, [3, 3, 1])])
 def test_decoder_lengths_is_ceil(r, expected):
     assert decoder_lengths(torch.tensor([7, 8, 1]), r).tolist() == expected
+    assert decoder_lengths(np.array([7, 8, 1]), r).tolist() == expected
+    assert [decoder_lengths(n, r) for n in (7, 8, 1)] == expected
 
 
 # ---------------------------------------------------------------------------- layers
@@ -367,6 +374,59 @@ def test_decode_step_state_is_an_explicit_value():
     torch.testing.assert_close(new.attention_weights_cum, weights)
 
 
+def test_decode_step_returns_a_step_output():
+    hp = tiny("p_prenet_dropout=0")
+    decoder = seeded_model(hp).eval().decoder
+    memory = torch.randn(2, 5, hp.encoder_embedding_dim)
+    ctx = decoder.memory_context(memory, torch.tensor([5, 3]))
+    with torch.no_grad():
+        out = decoder.decode_step(decoder.step_input(torch.zeros(2, hp.n_mel_channels), ctx),
+                                  decoder.initial_state(memory), ctx)
+    assert isinstance(out, StepOutput) and out.state.attention_weights is out.attention
+
+
+def test_attention_forward_is_nvidias_computation():
+    """Attention.forward (folded location kernel, finite mask) against NVIDIA's module calls."""
+    hp = tiny()
+    decoder = seeded_model(hp).decoder
+    g = torch.Generator().manual_seed(0)
+    memory = torch.randn(2, 6, hp.encoder_embedding_dim, generator=g)
+    lengths = torch.tensor([6, 4])
+    keep = sequence_mask(lengths, 6)
+    ctx = decoder.memory_context(memory, lengths)
+    query = torch.randn(2, hp.attention_rnn_dim, generator=g)
+    previous = torch.softmax(torch.randn(2, 6, generator=g), 1) * keep
+    cumulative = previous + torch.rand(2, 6, generator=g) * keep
+    attention = decoder.attention_layer
+    with torch.no_grad():
+        context, weights = attention(query, previous, cumulative, ctx)
+        # NVIDIA: query layer, location conv then dense, v over tanh, -inf mask, softmax, bmm.
+        location = attention.location_layer(torch.stack((previous, cumulative), 1))
+        energies = attention.v(torch.tanh(attention.query_layer(query.unsqueeze(1)) + location
+                                          + attention.memory_layer(memory))).squeeze(-1)
+        expected = torch.softmax(energies.masked_fill(~keep, float("-inf")), 1)
+        expected_context = torch.bmm(expected.unsqueeze(1), memory).squeeze(1)
+    torch.testing.assert_close(weights, expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(context, expected_context, atol=1e-6, rtol=1e-5)
+    assert float(weights[1, 4:].abs().sum()) == 0.0
+
+
+def test_decoder_returns_named_tuples():
+    hp = tiny("p_prenet_dropout=0,max_decoder_steps=6,gate_threshold=1.0")
+    model = seeded_model(hp).eval()
+    batch = make_batch(hp, [5, 3], [9, 6])
+    with torch.no_grad():
+        memory = model.encode(batch.text, batch.text_lengths)
+        forced = model.decoder(memory, batch.mel, batch.text_lengths)
+        free = model.decoder.inference(memory, batch.text_lengths)
+    assert isinstance(forced, DecoderOutput)
+    assert forced.mel.shape == batch.mel.shape and forced.gate.shape == (2, 9)
+    assert forced.alignments.shape == (2, 9, 5)
+    assert isinstance(free, DecoderInferenceOutput)
+    assert free.mel.shape == (2, hp.n_mel_channels, 6) and free.alignments.shape == (2, 6, 5)
+    assert free.steps.tolist() == [6, 6] and free.hit_max_steps.all()
+
+
 # ---------------------------------------------------------------------------- training
 
 
@@ -511,3 +571,196 @@ def test_inference_stops_on_gate_and_reports_max_steps():
     out = model.inference(batch.text, batch.text_lengths)
     assert out.mel_lengths.tolist() == [7, 7] and out.hit_max_steps.all()
     assert out.alignments.shape == (2, 7, 5)
+
+
+# ------------------------------------------------------------------ static loop (cuda_graphs)
+# On a CPU the static-buffer loop of decoder_graphs.py runs uncaptured; these tests pin it to the
+# eager loop. tests/test_cuda.py checks the captured CUDA graphs against the eager loop on a GPU.
+
+
+def _grads_of_everything(model, out):
+    """Gradients of a loss that reaches every output (mel, postnet, gate and alignments)."""
+    total = sum(t.square().sum() for t in out[:3]) + out.alignments.square().sum()
+    return torch.autograd.grad(total, list(model.parameters()))
+
+
+@pytest.mark.parametrize("r", [1, 2, 3])
+def test_static_loop_equals_eager_loop(r):
+    hp = tiny(f"p_prenet_dropout=0,n_frames_per_step={r}")
+    batch = make_batch(hp, [7, 5, 2], [14, 11, 4])
+    model = seeded_model(hp).eval()  # dropouts off, so both loops compute the same function
+    eager = model.forward_batch(batch)
+    grads_eager = _grads_of_everything(model, eager)
+    model.decoder.cuda_graphs = True
+    static = model.forward_batch(batch)
+    grads_static = _grads_of_everything(model, static)
+    # The static loop pads the text to a bucket; the outputs are cut back to the batch's width.
+    assert padded_text_length(7) == TEXT_BUCKET and static.alignments.shape[2] == 7
+    for a, b in zip(static, eager):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for (name, _), a, b in zip(model.named_parameters(), grads_static, grads_eager):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+    again = model.forward_batch(batch)  # the buffers and graphs of the first call are reused
+    torch.testing.assert_close(again.mel_postnet, static.mel_postnet, atol=0, rtol=0)
+
+
+def test_static_loop_text_capacity_grows_and_serves_shorter_texts():
+    """One set of buffers per batch size: a longer text widens it once, shorter texts reuse
+    it padded, and every batch still gets the eager loop's result."""
+    hp = tiny("p_prenet_dropout=0,max_decoder_steps=8,gate_threshold=1.0")
+    model = seeded_model(hp).eval()
+    loop = model.decoder.static_loop()
+    for text_lengths, expected_width in (([7, 4], 32), ([40, 9], 64), ([6, 5], 64)):
+        batch = make_batch(hp, text_lengths, [9, 6])
+        model.decoder.cuda_graphs = False
+        with torch.no_grad():
+            eager = model.forward_batch(batch)
+            eager_free = model.inference(batch.text, batch.text_lengths)
+        model.decoder.cuda_graphs = True
+        with torch.no_grad():
+            static = model.forward_batch(batch)
+            static_free = model.inference(batch.text, batch.text_lengths)
+        for a, b in zip(tuple(static) + tuple(static_free), tuple(eager) + tuple(eager_free)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        assert loop.buffer_sets() == [("free", 2, expected_width), ("teacher", 2, expected_width)]
+
+
+def test_static_loop_dropout_equals_reference_with_its_masks():
+    """Training mode: the static loop draws the LSTM dropout masks for all steps; the plain
+    NVIDIA-style loop given the same masks computes the same outputs and gradients."""
+    hp = tiny("n_frames_per_step=2,p_attention_dropout=0.3,p_decoder_dropout=0.3,"
+              "p_prenet_dropout=0,p_encoder_dropout=0,p_postnet_dropout=0,cuda_graphs=true")
+    batch = make_batch(hp, [7, 5, 2], [14, 11, 4])
+    model = seeded_model(hp).train()
+    criterion = Tacotron2Loss(hp)
+    static = model.forward_batch(batch)
+    grads_static = torch.autograd.grad(criterion(static, batch, guide_weight=1.0).total,
+                                       list(model.parameters()))
+    masks = model.decoder.static_loop().last_dropout_masks()
+    assert masks.attention.shape == (7, 3, hp.attention_rnn_dim)
+    assert masks.decoder.shape == (7, 3, hp.decoder_rnn_dim)
+    for mask in masks:  # F.dropout's multipliers, about 30% zeros
+        values = mask.unique().tolist()
+        assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.7)
+        assert 0.2 < float((mask == 0).float().mean()) < 0.4
+    reference = reference_forward(model, batch.text, batch.text_lengths, batch.mel,
+                                  batch.mel_lengths, dropout_masks=masks)
+    grads_reference = torch.autograd.grad(criterion(reference, batch, guide_weight=1.0).total,
+                                          list(model.parameters()))
+    for a, b in zip(static, reference):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for (name, _), a, b in zip(model.named_parameters(), grads_static, grads_reference):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_static_loop_refuses_a_backward_after_its_buffers_were_overwritten():
+    hp = tiny("cuda_graphs=true")
+    batch = make_batch(hp, [5, 3], [9, 6])
+    model = seeded_model(hp).train()
+    first = model.forward_batch(batch)
+    model.forward_batch(batch)  # same shapes: same buffers
+    with pytest.raises(RuntimeError, match="overwrote its saved states"):
+        first.mel.sum().backward()
+
+
+@pytest.mark.parametrize("r", [1, 2, 3])
+def test_static_loop_trains_every_parameter(r):
+    hp = tiny(f"n_frames_per_step={r},cuda_graphs=true")
+    batch = make_batch(hp, [7, 5, 3, 2], [14, 11, 7, 4])
+    model = seeded_model(hp).train()
+    before = _params_snapshot(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss = Tacotron2Loss(hp)(model.forward_batch(batch), batch, guide_weight=1.0)
+    assert all(torch.isfinite(t) for t in loss)
+    loss.total.backward()
+    optimizer.step()
+    assert [n for n, p in model.named_parameters() if torch.equal(p, before[n])] == []
+
+
+def test_static_loop_bf16_autocast_matches_eager_loop():
+    hp = tiny("p_prenet_dropout=0")
+    batch = make_batch(hp, [7, 5, 3], [14, 11, 6])
+    model = seeded_model(hp).eval()
+    results = []
+    for graphs in (False, True):
+        model.decoder.cuda_graphs = graphs
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model.forward_batch(batch)
+        results.append((out, _grads_of_everything(model, out)))
+    (eager, grads_eager), (static, grads_static) = results
+    assert static.mel.dtype == eager.mel.dtype == torch.bfloat16
+    for a, b in zip(static, eager):
+        torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2e-2)
+    for (name, _), a, b in zip(model.named_parameters(), grads_static, grads_eager):
+        scale = float(b.abs().max()) + 1e-3
+        assert float((a - b).abs().max()) <= 0.05 * scale, name
+
+
+def _lively_model(hp, seed=3):
+    """A model whose gate fires at different steps for different items."""
+    model = seeded_model(hp, seed=seed).eval()
+    decoder = model.decoder
+    with torch.no_grad():
+        for weight in (decoder.attention_rnn.weight_ih, decoder.attention_rnn.weight_hh,
+                       decoder.decoder_rnn.weight_ih, decoder.decoder_rnn.weight_hh):
+            weight.mul_(3.0)
+        decoder.gate_layer.linear_layer.weight.mul_(5.0)
+    return model
+
+
+@pytest.mark.parametrize("r, check_every", [(1, 4), (2, 3), (1, 1)])
+def test_static_free_running_equals_eager(r, check_every):
+    """Items stop at different steps; reading the stop flags only every few steps changes
+    nothing, the output is cut where the last item stopped."""
+    hp = tiny(f"p_prenet_dropout=0,n_frames_per_step={r},max_decoder_steps=25")
+    model = _lively_model(hp)
+    batch = make_batch(hp, [9, 6, 3, 7], [5, 5, 5, 5], seed=5, extra_text=2)
+    theta, stops, margin = _threshold_with_distinct_stops(_gate_trajectories(model, batch))
+    assert len(set(stops)) >= 3 and margin > 1e-5, (stops, margin)  # the premise of the test
+    for threshold in (theta, 0.0):  # items stopping apart; all stopping after the first step
+        model.decoder.gate_threshold = threshold
+        model.decoder.cuda_graphs = False
+        eager = model.inference(batch.text, batch.text_lengths)
+        model.decoder.cuda_graphs = True
+        model.decoder.static_loop().stop_check_every = check_every
+        static = model.inference(batch.text, batch.text_lengths)
+        assert static.mel_lengths.tolist() == eager.mel_lengths.tolist()
+        assert static.hit_max_steps.tolist() == eager.hit_max_steps.tolist()
+        for a, b in zip(static, eager):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_static_free_running_reports_max_steps():
+    hp = tiny("p_prenet_dropout=0,max_decoder_steps=7,gate_threshold=1.0,cuda_graphs=true")
+    model = seeded_model(hp).eval()
+    model.decoder.static_loop().stop_check_every = 3  # 7 is not a multiple: the last read is at 7
+    batch = make_batch(hp, [5, 3], [4, 4])
+    out = model.inference(batch.text, batch.text_lengths)
+    assert out.mel_lengths.tolist() == [7, 7] and out.hit_max_steps.all()
+    assert out.alignments.shape == (2, 7, 5)
+
+
+@pytest.mark.slow
+def test_compiled_step_in_static_loop_equals_eager():
+    """hp.compile inside the static loop (forward steps and the recomputing backward).
+
+    Dynamo + AOTAutograd with the aot_eager backend: the tracing and the autograd plumbing that
+    inductor gets too, without inductor's C++ code generation (minutes on two CPU cores);
+    tests/test_cuda.py runs the inductor step on a GPU.
+    """
+    hp = tiny("p_prenet_dropout=0,n_frames_per_step=2")
+    batch = make_batch(hp, [7, 5, 2], [14, 11, 4])
+    model = seeded_model(hp).eval()
+    eager = model.forward_batch(batch)
+    grads_eager = _grads_of_everything(model, eager)
+    decoder = model.decoder
+    decoder.cuda_graphs = decoder.use_compile = True
+    decoder._compiled_step = torch.compile(decoder.decode_step, backend="aot_eager",
+                                           dynamic=True)
+    compiled = model.forward_batch(batch)
+    grads_compiled = _grads_of_everything(model, compiled)
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for (name, _), a, b in zip(model.named_parameters(), grads_compiled, grads_eager):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)

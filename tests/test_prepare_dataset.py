@@ -289,3 +289,127 @@ def test_empty_metadata_and_misplaced_options(tmp_path):
     with pytest.raises(PrepareError, match="--metadata and --wavs do not apply to generic"):
         prepare("generic", str(tmp_path / "list.txt"), str(tmp_path / "o"), create_hparams(),
                 metadata="m.csv", progress=False)
+
+
+# ---------------------------------------------------------------------------- festvox
+
+FESTVOX = [("ru_0001", "Она завела, прядь волнистых вол+ос за ухо."),
+           ("ru_0002", "+Окна домов, казались нежилыми."),
+           ("ru_0003", "Со спокойным мужеством, Скайлс ждал."),
+           ("ru_0004", "Нет такого файла."),
+           ("ru_0005", "Он сказал: \\\"иди\\\", и ушёл.")]
+
+
+def make_festvox(root: Path, sr: int = 16000, lines: list | None = None) -> Path:
+    """A festvox voice folder: etc/txt.done.data and wav/<id>.wav (ru_0004's wav is missing)."""
+    rng = np.random.default_rng(0)
+    for i, (uid, _) in enumerate(FESTVOX):
+        if uid != "ru_0004":
+            noise = 0.05 * rng.standard_normal(int(0.2 * sr)).astype(np.float32)
+            write(root / "wav" / f"{uid}.wav", np.concatenate([tone(1.0 + 0.1 * i, sr), noise]),
+                  sr=sr)
+    if lines is None:
+        lines = [f'( {uid} "{text}" )' for uid, text in FESTVOX]
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    (root / "etc" / "txt.done.data").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+def test_festvox_reads_ids_and_stressed_text_and_resamples(tmp_path, capsys):
+    src = make_festvox(tmp_path / "msu_ru_nsh_clunits")
+    out = tmp_path / "data"
+    assert main(["--format", "festvox", "--input", str(src), "--out", str(out),
+                 "--language", "ru", "--resample", "--val_size", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "lines read: 5; kept 4" in printed and "skipped: missing_audio 1" in printed
+    assert "audio written: 4 (4 resampled)" in printed
+    rows = filelist_rows(out / "train.txt") + filelist_rows(out / "val.txt")
+    by_path = dict(rows)
+    assert sorted(by_path) == [f"wavs/ru_000{i}.wav" for i in (1, 2, 3, 5)]
+    # the stress marks survive as written, and an escaped quote is a quote
+    assert by_path["wavs/ru_0001.wav"] == "Она завела, прядь волнистых вол+ос за ухо."
+    assert by_path["wavs/ru_0002.wav"] == "+Окна домов, казались нежилыми."
+    assert by_path["wavs/ru_0005.wav"] == 'Он сказал: "иди", и ушёл.'
+    for path in by_path:
+        info = sf.info(out / path)
+        assert info.samplerate == create_hparams().sampling_rate == 22050
+    # 16 kHz -> 22050 Hz keeps the duration (ru_0003: 1.2 s of tone, 0.2 s of noise)
+    assert sf.info(out / "wavs" / "ru_0003.wav").duration == pytest.approx(1.4, abs=2e-3)
+    metadata = src / "etc" / "txt.done.data"
+    gone = src / "wav" / "ru_0004.wav"
+    skipped = (out / "skipped.txt").read_text(encoding="utf-8").splitlines()
+    assert skipped == [f"{metadata}:4: missing_audio: {gone}: no such audio file"]
+
+
+def test_festvox_russian_cleaners_keep_the_stress_mark():
+    from text import clean_text, text_to_sequence, sequence_to_text
+
+    cleaned = clean_text(FESTVOX[1][1], ["russian_cleaners"])
+    assert cleaned == "+окна домов, казались нежилыми."
+    sequence = text_to_sequence(FESTVOX[0][1], ["russian_cleaners"], "russian")
+    assert "вол+ос" in sequence_to_text(sequence, "russian")
+
+
+def test_festvox_trim_and_a_16k_sampling_rate(tmp_path):
+    src = make_festvox(tmp_path / "voice")
+    for uid in ("ru_0001", "ru_0002"):  # half a second of silence in front
+        wav, sr = sf.read(src / "wav" / f"{uid}.wav", dtype="float32")
+        write(src / "wav" / f"{uid}.wav", np.concatenate([np.zeros(8000, np.float32), wav]),
+              sr=sr)
+    hp = create_hparams("sampling_rate=16000,text_cleaners=[russian_cleaners],"
+                        "symbol_set=russian")
+    result = prepare("festvox", str(src), str(tmp_path / "data"), hp, val_size=1, trim=True,
+                     progress=False)
+    assert result["resampled"] == 0 and result["written"] == 4
+    first = sf.info(tmp_path / "data" / "wavs" / "ru_0001.wav")
+    assert first.samplerate == 16000 and 1.1 < first.duration < 1.3  # 1.7 s before
+
+
+def test_festvox_english_set_skips_the_stress_mark(tmp_path):
+    src = make_festvox(tmp_path / "voice", sr=22050)
+    result = prepare("festvox", str(src), str(tmp_path / "data"), create_hparams(), val_size=1,
+                     progress=False)
+    # english_cleaners transliterate Cyrillic to ASCII, but '+' is not an English symbol:
+    # --language ru is what keeps these lines
+    reasons = {s.line: (s.reason, s.message) for s in result["skipped"]}
+    assert sorted(reasons) == [1, 2, 4]
+    for line in (1, 2):
+        assert reasons[line][0] == "unknown_chars"
+        assert reasons[line][1].startswith("character(s) '+' not in the 'english' set")
+
+
+@pytest.mark.parametrize("bad, number", [
+    ('( ru_0002 "no closing quote )', 2),
+    ('ru_0002 "no brackets"', 2),
+    ('( ru_0002 )', 2),
+    ('( ru_0002 "two" "texts" )', 2),
+])
+def test_festvox_malformed_line_is_an_error_naming_file_and_line(tmp_path, capsys, bad, number):
+    lines = [f'( {uid} "{text}" )' for uid, text in FESTVOX]
+    lines[number - 1] = bad
+    src = make_festvox(tmp_path / "voice", lines=lines)
+    metadata = src / "etc" / "txt.done.data"
+    assert main(["--format", "festvox", "--input", str(src), "--out", str(tmp_path / "o"),
+                 "--language", "ru", "--resample"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {metadata}:{number}: malformed line, expected "
+                          f"'( id \"text\" )', found ")
+    assert err.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+def test_festvox_blank_lines_count_and_input_errors(tmp_path):
+    lines = ["", f'( {FESTVOX[0][0]} "{FESTVOX[0][1]}" )', "   ", "( bad"]
+    src = make_festvox(tmp_path / "voice", lines=lines)
+    with pytest.raises(PrepareError, match=r"txt\.done\.data:4: malformed line"):
+        prepare("festvox", str(src), str(tmp_path / "o"), create_hparams(), progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PrepareError, match=r"empty/etc/txt\.done\.data: no such prompt file"):
+        prepare("festvox", str(tmp_path / "empty"), str(tmp_path / "o"), create_hparams(),
+                progress=False)
+    (tmp_path / "list.txt").write_text("x", encoding="utf-8")
+    with pytest.raises(PrepareError, match="is not a folder; --format festvox takes a voice"):
+        prepare("festvox", str(tmp_path / "list.txt"), str(tmp_path / "o"), create_hparams(),
+                progress=False)
+    (src / "etc" / "txt.done.data").write_bytes(b'( ru_0001 "\xff" )\n')
+    with pytest.raises(PrepareError, match=r"txt\.done\.data:1: not UTF-8"):
+        prepare("festvox", str(src), str(tmp_path / "o"), create_hparams(), progress=False)

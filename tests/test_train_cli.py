@@ -66,13 +66,20 @@ def test_tensorboard_tags(trained):
     acc = EventAccumulator(str(folder), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
-    for tag in ("training.loss", "grad.norm", "learning.rate", "duration", "validation.loss",
-                "training.attention_loss", "training.guided_weight", "alignment/diagonal_score",
-                "alignment/focus_score", "alignment/coverage", "alignment_free/diagonal_score"):
+    for tag in ("training.loss", "grad.norm", "learning.rate", "duration.seconds_per_step",
+                "validation.loss", "training.attention_loss", "training.guided_weight",
+                "alignment.diagonal_score", "alignment.focus_score", "alignment.coverage",
+                "alignment_free.diagonal_score", "alignment_free.reading_diagonal_score",
+                "alignment_free.runs_on_share"):
         assert tag in scalars, tag
     images = set(acc.Tags()["images"])
     for tag in ("alignment", "mel_target", "mel_predicted", "gate"):
         assert tag in images, tag
+    # one scheme: NVIDIA's dotted group.name everywhere, no slash-grouped stragglers
+    assert not [tag for tag in scalars if "/" in tag]
+    # a sample to listen to from the first validation on, not after iters_per_audio of them
+    assert acc.Tags()["audio"] == ["audio_predicted"]
+    assert acc.Audio("audio_predicted")[0].step == 5
 
 
 def test_checkpoint_loads_weights_only(trained):

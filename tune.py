@@ -1,0 +1,1090 @@
+"""Hyperparameter trials with Optuna: which settings align fastest on your data?
+
+    python tune.py --n_trials 20 --steps 2000
+    python tune.py --n_trials 4 --steps 400 --hparams "preset=demo,iters_per_validation=100"
+    python tune.py --n_trials 20 --steps 2000 --devices cuda:0,cuda:1       # one trial per GPU
+    python tune.py --n_trials 20 --steps 2000 --n_jobs 2 --threads 1         # two CPU trials
+    python tune.py --n_trials 40 --steps 2000 --storage postgresql://user:pw@host/db  # many machines
+    python tune.py --space "guide_loss_weight=1:5:log,n_frames_per_step=2|3,p_prenet_dropout=off"
+
+Every trial is a normal `train.py` run into OUTPUT/trial_<n> (checkpoints, diagnostics.jsonl),
+LOGS/trial_<n>/train.log and RUNS/trial_<n> (TensorBoard), so every existing tool works on it.
+The first trial of a new study runs the plan's own values (hparams.py defaults plus --hparams), so
+the study never recommends something worse than what you had. The study lives in
+OUTPUT/<study>.db (SQLite): run the same command again and it resumes; finished trials are never
+repeated. `optuna-dashboard sqlite:///OUTPUT/<study>.db` watches it live. docs/tuning.md explains
+the objective, the search space and the parallel modes.
+
+Exit status: 0 done (the table, PNG and the --hparams string are printed), 2 bad input (one line),
+130/143 when interrupted by SIGINT/SIGTERM (running trials are stopped after their checkpoint and
+will be retried with the same settings on the next start).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
+
+from hparams import HParams, HParamsError, create_hparams, parse_overrides
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+TRAIN_PY = os.path.join(ROOT, "train.py")
+
+EXIT_BAD_INPUT = 2
+TRAIN_EXIT_BAD_INPUT = 2  # train.py's exit status for bad hparams / data / checkpoint
+TRAIN_EXIT_RED_FLAG = 3  # train.py's exit status when a red flag stopped the run
+
+# ----------------------------------------------------------------------------------- objective
+# The objective is the mean free-running diagonality over the trial's steps (the area under the
+# curve from (0, 0) to the last validation, divided by that step), plus small terms that order
+# trials the main term cannot tell apart. docs/tuning.md explains the choice.
+READING_WEIGHT = 0.1  # x mean free-running *reading* diagonality (the map cut where the text ends)
+NEAR_LENGTH_WEIGHT = 0.05  # x share of free-running items whose gate stopped within 20% of their length
+MEL_WEIGHT = 0.01  # x 1 / (1 + final teacher-forced postnet mel loss)
+ALIGNED = 0.7  # "aligned": the free-running diagonality the table reports the first step of
+POLL_SECONDS = 0.5  # how often a running trial's diagnostics.jsonl is read
+TERMINATE_WAIT_SECONDS = 180  # a trial stopped with SIGTERM saves a checkpoint first
+
+
+# ----------------------------------------------------------------------------------- search space
+@dataclass(frozen=True)
+class Dimension:
+    """One searched hparam: a float or int range (optionally log-scale) or a list of choices."""
+    name: str
+    kind: str  # "float" | "int" | "choice"
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    choices: Tuple[Any, ...] = ()
+    why: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return "|".join(str(c) for c in self.choices)
+        return f"{_fmt(self.low)}:{_fmt(self.high)}" + (":log" if self.log else "")
+
+
+# The one place the search space is defined (docs/tuning.md shows the same table). Override any
+# row from the command line: --space "name=low:high[:log],name=a|b|c,name=off" or a JSON file.
+SEARCH_SPACE: Tuple[Dimension, ...] = (
+    Dimension("guide_loss_weight", "float", 0.5, 10.0, log=True,
+              why="strength of the diagonal prior; too weak does not align, too strong fights the data"),
+    Dimension("guide_sigma", "float", 0.05, 0.5, log=True,
+              why="width of the allowed band around the diagonal"),
+    Dimension("guide_scale", "float", 1.0, 20.0, log=True,
+              why="initial multiplier of the decaying guided weight"),
+    Dimension("guide_decay", "float", 0.999, 1.0,
+              why="per-step decay of that multiplier: 0.999 halves it in 700 steps, 1.0 never"),
+    Dimension("learning_rate", "float", 1e-4, 3e-3, log=True,
+              why="the usual first suspect"),
+    Dimension("p_attention_dropout", "float", 0.0, 0.3, why="attention RNN dropout"),
+    Dimension("p_decoder_dropout", "float", 0.0, 0.3, why="decoder RNN dropout"),
+    Dimension("p_encoder_dropout", "float", 0.0, 0.5, why="encoder convolution dropout"),
+    Dimension("p_postnet_dropout", "float", 0.0, 0.5, why="postnet dropout"),
+    Dimension("p_prenet_dropout", "float", 0.3, 0.6,
+              why="prenet dropout (on at inference too); it keeps the decoder listening to the text"),
+    Dimension("n_frames_per_step", "choice", choices=(1, 2, 3),
+              why="r: fewer decoder steps per utterance align faster"),
+    Dimension("gate_positive_weight", "float", 1.0, 10.0, log=True,
+              why="weight of the rare stop frames in the gate loss: stopping at the right length"),
+)
+
+
+class UsageError(Exception):
+    """A bad command-line input; main() prints it as one line and exits 2."""
+
+
+class TrialFailed(Exception):
+    """A trial that ran but produced no usable result (diverged, rejected, crashed): Optuna FAIL."""
+
+
+class TrialInterrupted(Exception):
+    """tune.py was asked to stop while the trial ran; the trial is requeued for the next start."""
+
+
+def _fmt(value: Any) -> str:
+    """Short, exact-enough text of a value: floats with 6 significant digits."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _hparam_type(name: str) -> type:
+    """The Python type of an hparam's default value; UsageError for unknown names."""
+    defaults = HParams()
+    if name not in {f.name for f in dataclasses.fields(HParams)}:
+        raise UsageError(f"--space: unknown hparam {name!r}; see hparams.py for the names")
+    return type(getattr(defaults, name))
+
+
+def _coerce(name: str, text: str) -> Any:
+    """A value from the command line converted to the hparam's type (hparams.py's rules)."""
+    try:
+        return parse_overrides(f"{name}={text}")[name]
+    except HParamsError as err:
+        raise UsageError(f"--space: {err}") from None
+
+
+def _dimension_from_text(name: str, text: str) -> Optional[Dimension]:
+    """"low:high", "low:high:log", "a|b|c" or "off" (None: not searched)."""
+    text = text.strip()
+    if text.lower() == "off":
+        return None
+    typ = _hparam_type(name)
+    if typ in (list, dict):
+        raise UsageError(f"--space: {name} is a list; only numbers, flags and words can be searched")
+    if ":" in text:
+        parts = [p.strip() for p in text.split(":")]
+        log = len(parts) == 3 and parts[2].lower() == "log"
+        if len(parts) not in (2, 3) or (len(parts) == 3 and not log):
+            raise UsageError(f"--space: bad range {name}={text}; expected low:high or low:high:log")
+        if typ not in (int, float):
+            raise UsageError(f"--space: {name} is not a number; give choices a|b|c")
+        low, high = _coerce(name, parts[0]), _coerce(name, parts[1])
+        return Dimension(name, "int" if typ is int else "float", low, high, log=log)
+    choices = tuple(_coerce(name, c.strip()) for c in text.split("|") if c.strip())
+    if not choices:
+        raise UsageError(f"--space: no values for {name}")
+    return Dimension(name, "choice", choices=choices)
+
+
+def _dimension_from_json(name: str, spec: Any) -> Optional[Dimension]:
+    """{"low": .., "high": .., "log": bool} or {"choices": [...]} or null (not searched)."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        return _dimension_from_text(name, spec)
+    if not isinstance(spec, dict):
+        raise UsageError(f"--space: {name}: expected an object with low/high or choices, or null")
+    if "choices" in spec:
+        if not isinstance(spec["choices"], list) or not spec["choices"]:
+            raise UsageError(f"--space: {name}: choices must be a non-empty list")
+        return _dimension_from_text(name, "|".join(str(c) for c in spec["choices"]))
+    if "low" not in spec or "high" not in spec:
+        raise UsageError(f"--space: {name}: give low and high, or choices")
+    text = f"{spec['low']}:{spec['high']}" + (":log" if spec.get("log") else "")
+    return _dimension_from_text(name, text)
+
+
+def parse_space(text: Optional[str], base: Sequence[Dimension] = SEARCH_SPACE) -> List[Dimension]:
+    """The search space: `base` with the overrides of --space applied, in table order.
+
+    Args:
+        text: "name=low:high[:log],name=a|b|c,name=off", or the path of a JSON file
+            {"name": {"low": 0.1, "high": 1, "log": true} | {"choices": [1, 2]} | null}.
+            A name not in the table is added; "off" / null removes a row.
+    """
+    space: Dict[str, Optional[Dimension]] = {d.name: d for d in base}
+    if not text or not text.strip():
+        return [d for d in space.values() if d is not None]
+    if text.strip().endswith(".json") or os.path.isfile(text):
+        try:
+            with open(text, encoding="utf-8") as f:
+                spec = json.load(f)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--space: cannot read {text}: {err}") from None
+        if not isinstance(spec, dict):
+            raise UsageError(f"--space: {text} must hold a JSON object of name: range")
+        for name, value in spec.items():
+            _hparam_type(name)
+            space[name] = _dimension_from_json(name, value)
+    else:
+        for pair in (p.strip() for p in text.split(",")):
+            if not pair:
+                continue
+            if "=" not in pair:
+                raise UsageError(f"--space: bad entry {pair!r}; expected name=low:high, "
+                                 f"name=low:high:log, name=a|b|c or name=off")
+            name, value = (s.strip() for s in pair.split("=", 1))
+            _hparam_type(name)
+            space[name] = _dimension_from_text(name, value)
+    dims = [d for d in space.values() if d is not None]
+    for d in dims:
+        if d.kind != "choice":
+            if not d.low < d.high:
+                raise UsageError(f"--space: {d.name}: low {_fmt(d.low)} must be below high "
+                                 f"{_fmt(d.high)} (give one choice to fix a value)")
+            if d.log and d.low <= 0:
+                raise UsageError(f"--space: {d.name}: a log-scale range needs low > 0")
+    return dims
+
+
+def check_space(space: Sequence[Dimension], base_hparams: str) -> Tuple[List[Dimension], List[str]]:
+    """Checks every bound and choice against hparams.py and includes the plan's values.
+
+    The first trial runs the plan's values, so a range that misses them is widened (and a choice
+    list extended) to contain them; each such change is returned as a notice.
+    Returns:
+        (the space to search, notices)
+    """
+    plan = create_hparams(base_hparams)
+    checked, notices = [], []
+    for d in space:
+        values = list(d.choices) if d.kind == "choice" else [d.low, d.high]
+        for value in values:
+            try:  # values are already of the field's type; replace() runs hparams.py's checks
+                plan.replace(**{d.name: value})
+            except HParamsError as err:
+                raise UsageError(f"--space: {d.name}={_fmt(value)} is not a valid setting: {err}")
+        current = getattr(plan, d.name)
+        if d.kind == "choice":
+            if current not in d.choices:
+                notices.append(f"{d.name}: the plan's value {_fmt(current)} added to the choices")
+                d = dataclasses.replace(d, choices=(current,) + tuple(d.choices))
+        elif not d.low <= current <= d.high:
+            if d.log and current <= 0:
+                raise UsageError(f"--space: {d.name}: the plan's value {_fmt(current)} cannot lie "
+                                 f"on a log scale; give a linear range (e.g. {d.name}=0:{_fmt(d.high)})")
+            low, high = min(d.low, current), max(d.high, current)
+            notices.append(f"{d.name}: range {d.describe()} widened to contain the plan's value "
+                           f"{_fmt(current)}")
+            d = dataclasses.replace(d, low=type(d.low)(low), high=type(d.high)(high))
+        checked.append(d)
+    return checked, notices
+
+
+def join_hparams(base: str, params: Dict[str, Any]) -> str:
+    """The --hparams string of a trial: the base overrides, then the trial's values."""
+    parts = [base.strip().strip(",")] if base and base.strip().strip(",") else []
+    parts += [f"{name}={_fmt(value)}" for name, value in params.items()]
+    return ",".join(parts)
+
+
+def plan_values(space: Sequence[Dimension], base_hparams: str) -> Dict[str, Any]:
+    """The values of the searched hparams in the user's plan (defaults + preset + --hparams)."""
+    plan = create_hparams(base_hparams)
+    return {d.name: getattr(plan, d.name) for d in space}
+
+
+def suggest(trial: Any, space: Sequence[Dimension]) -> Dict[str, Any]:
+    """The trial's values, rounded to 6 significant digits so the printed string is what ran."""
+    params: Dict[str, Any] = {}
+    for d in space:
+        if d.kind == "choice":
+            params[d.name] = trial.suggest_categorical(d.name, list(d.choices))
+        elif d.kind == "int":
+            params[d.name] = trial.suggest_int(d.name, int(d.low), int(d.high), log=d.log)
+        else:
+            value = trial.suggest_float(d.name, float(d.low), float(d.high), log=d.log)
+            params[d.name] = float(_fmt(float(value)))
+    return params
+
+
+# ----------------------------------------------------------------------------------- scoring
+@dataclass
+class Score:
+    """What a trial's diagnostics.jsonl says so far."""
+    value: Optional[float] = None  # the objective if the trial ended at `step`
+    step: int = 0  # the last validation with free-running decoding
+    mean_diagonality: float = 0.0  # area under the free-running diagonality curve / step
+    mean_reading: float = 0.0  # the same for the reading diagonality
+    last_diagonality: Optional[float] = None
+    near_length_share: float = 0.0
+    mel_loss: Optional[float] = None
+    aligned_step: Optional[int] = None  # first step with free-running diagonality >= ALIGNED
+    curve: List[Tuple[int, float, float]] = field(default_factory=list)  # (step, diag, reading)
+    diverged: Optional[str] = None  # why the run counts as diverged, or None
+    red_flags: List[str] = field(default_factory=list)  # names of the last record's red flags
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _mean_under_curve(points: Sequence[Tuple[int, float]]) -> float:
+    """Area under (0, 0), (step, value)... by trapezoids, divided by the last step."""
+    area, prev_step, prev_value = 0.0, 0, 0.0
+    for step, value in points:
+        area += (step - prev_step) * (prev_value + value) / 2.0
+        prev_step, prev_value = step, value
+    return area / prev_step if prev_step else 0.0
+
+
+def _divergence(record: Dict[str, Any]) -> Optional[str]:
+    """Why this validation record shows a diverged run, or None."""
+    step = record.get("step", "?")
+    losses = record.get("losses") or {}
+    bad = sorted(k for k, v in losses.items() if not _finite(v))
+    if bad:
+        return f"non-finite {', '.join(bad)} loss at step {step}"
+    if any("divergence" in (str(f.get("name")), str(f.get("id")))
+           for f in record.get("red_flags") or []):
+        return f"red flag divergence at step {step}"
+    free = record.get("free_running") or {}
+    for where, counts in (("teacher-forced", record.get("failure_counts")),
+                          ("free-running", free.get("failure_counts"))):
+        broken = (counts or {}).get("non_finite", 0)
+        if _finite(broken) and broken > 0:
+            return f"non-finite {where} attention in {int(broken)} item(s) at step {step}"
+    for key in ("diagonal_score", "reading_diagonal_score"):
+        if key in free and not _finite(free[key]):
+            return f"non-finite free-running {key} at step {step}"
+    return None
+
+
+def score_records(records: Sequence[Dict[str, Any]]) -> Score:
+    """The objective from a run's validation records (diagnostics.jsonl, in order).
+
+    value = mean free-running diagonality over [0, step]            (trapezoids from (0, 0))
+            + READING_WEIGHT * the same for the reading diagonality
+            + NEAR_LENGTH_WEIGHT * share of items stopping near their length (last record)
+            + MEL_WEIGHT / (1 + postnet mel loss)                           (last record)
+    The reading diagonality (`reading_diagonal_score`: the map cut where the text was read) is
+    taken as the whole-map diagonality in records of trainers that do not write it.
+    A record with a non-finite loss, diagonality or attention map (`failure_counts.non_finite`),
+    or a red flag named "divergence", marks the run diverged. Records without free-running
+    results (free_running_every > 1) add no point to the curve.
+    """
+    score = Score()
+    for record in records:
+        step = int(record.get("step", 0))
+        score.red_flags = [str(f.get("name", f.get("id", "?")))
+                           for f in record.get("red_flags") or []]
+        if score.diverged is None:
+            score.diverged = _divergence(record)
+        free = record.get("free_running")
+        if not free or not _finite(free.get("diagonal_score")):
+            continue
+        if score.curve and step <= score.curve[-1][0]:
+            continue  # a repeated step adds no area
+        diag = float(free["diagonal_score"])
+        reading = free.get("reading_diagonal_score", diag)
+        reading = float(reading) if _finite(reading) else diag
+        score.curve.append((step, diag, reading))
+        score.step, score.last_diagonality = step, diag
+        near = free.get("near_length_share")
+        score.near_length_share = float(near) if _finite(near) else 0.0
+        losses = record.get("losses") or {}
+        mel = losses.get("mel_postnet", losses.get("mel"))
+        score.mel_loss = float(mel) if _finite(mel) else None
+        if score.aligned_step is None and diag >= ALIGNED:
+            score.aligned_step = step
+    if score.curve:
+        score.mean_diagonality = _mean_under_curve([(s, d) for s, d, _ in score.curve])
+        score.mean_reading = _mean_under_curve([(s, r) for s, _, r in score.curve])
+        mel_term = MEL_WEIGHT / (1.0 + score.mel_loss) if score.mel_loss is not None else 0.0
+        score.value = (score.mean_diagonality + READING_WEIGHT * score.mean_reading
+                       + NEAR_LENGTH_WEIGHT * score.near_length_share + mel_term)
+    return score
+
+
+class RecordFollower:
+    """Reads the records train.py appends to a diagnostics.jsonl, as they are written.
+
+    train.py appends whole lines, but after a divergence rollback it rewrites the file without the
+    records newer than the step it rolled back to (a new file renamed over the old one): then the
+    follower starts again from the top and says so.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.offset = 0
+        self.inode: Optional[int] = None
+
+    def poll(self) -> Tuple[List[Dict[str, Any]], bool]:
+        """(records completed since the last poll, whether the file was rewritten: then the
+        records are the whole file's)."""
+        try:
+            f = open(self.path, "rb")
+        except FileNotFoundError:
+            return [], False
+        with f:
+            st = os.fstat(f.fileno())
+            rewritten = self.inode is not None and (st.st_ino != self.inode
+                                                    or st.st_size < self.offset)
+            if rewritten:
+                self.offset = 0
+            self.inode = st.st_ino
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n")
+        if end < 0:
+            return [], rewritten  # a line being written
+        self.offset += end + 1
+        records = []
+        for line in data[:end].splitlines():
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue  # a torn line of a killed trainer: not a record
+        return records, rewritten
+
+
+def divergence_in_reports(run_dir: str) -> Optional[str]:
+    """A red_flag_report_step_N.txt that names a divergence flag, as a short reason."""
+    try:
+        names = sorted(n for n in os.listdir(run_dir) if n.startswith("red_flag_report_step_"))
+    except OSError:
+        return None
+    for name in names:
+        try:
+            with open(os.path.join(run_dir, name), encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        if re.search(r"\bdivergence\b", text, re.IGNORECASE):
+            return f"red flag divergence ({name})"
+    return None
+
+
+def last_line(path: str) -> str:
+    """The last non-empty line of a file (the child's error message), or ''."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [l.strip() for l in f.read()[-20000:].splitlines() if l.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+# ----------------------------------------------------------------------------------- trials
+class DevicePool:
+    """One device per running trial: a trial takes one and gives it back when it ends."""
+
+    def __init__(self, devices: Sequence[Optional[str]]):
+        self._queue: "queue.Queue[Optional[str]]" = queue.Queue()
+        for d in devices:
+            self._queue.put(d)
+
+    def take(self) -> Optional[str]:
+        return self._queue.get()
+
+    def give(self, device: Optional[str]) -> None:
+        self._queue.put(device)
+
+
+class TrialRunner:
+    """The Optuna objective: one train.py subprocess per trial, watched through its records."""
+
+    def __init__(self, args: argparse.Namespace, space: Sequence[Dimension], devices: DevicePool,
+                 stop: threading.Event):
+        self.args = args
+        self.space = list(space)
+        self.devices = devices
+        self.stop = stop
+        self._requeued: set = set()  # trial numbers queued again after an interruption
+        self._requeue_lock = threading.Lock()
+
+    def __call__(self, trial: Any) -> float:
+        import optuna
+
+        if self.stop.is_set():
+            trial.study.stop()
+            trial.set_user_attr("outcome", "not started")
+            trial.set_user_attr("note", "not started: tune.py was stopping")
+            raise TrialInterrupted("tune.py is stopping")
+        params = suggest(trial, self.space)
+        hparams = join_hparams(self.args.hparams, params)
+        name = f"trial_{trial.number}"
+        run_dir = os.path.join(self.args.output_directory, name)
+        log_dir = os.path.join(self.args.log_directory, name)
+        for key, value in (("hparams", hparams), ("run_dir", run_dir), ("log_dir", log_dir),
+                           ("steps", self.args.steps), ("curve", [])):
+            trial.set_user_attr(key, value)
+        try:
+            create_hparams(hparams)
+        except HParamsError as err:
+            return self._fail(trial, f"invalid combination: {err}")
+        if os.path.exists(os.path.join(run_dir, "diagnostics.jsonl")):
+            return self._fail(trial, f"{run_dir} already holds a run (from another study?)")
+
+        device = self.devices.take()
+        started = time.time()
+        try:
+            trial.set_user_attr("device", device or "default")
+            return self._run(trial, hparams, run_dir, log_dir, device, optuna)
+        finally:
+            trial.set_user_attr("minutes", round((time.time() - started) / 60.0, 2))
+            self.devices.give(device)
+
+    def _fail(self, trial: Any, reason: str) -> NoReturn:
+        trial.set_user_attr("outcome", "failed")
+        trial.set_user_attr("note", reason)
+        raise TrialFailed(reason)
+
+    def _command(self, hparams: str, name: str, log_dir: str, device: Optional[str]) -> List[str]:
+        cmd = [sys.executable, TRAIN_PY,
+               f"--output_directory={self.args.output_directory}",
+               f"--log_directory={log_dir}",
+               f"--tensorboard_directory={self.args.tensorboard_directory}",
+               f"--run_name={name}", f"--hparams={hparams}", f"--max_steps={self.args.steps}"]
+        if device:
+            cmd.append(f"--device={device}")
+        return cmd
+
+    def _run(self, trial: Any, hparams: str, run_dir: str, log_dir: str, device: Optional[str],
+             optuna: Any) -> float:
+        name = os.path.basename(run_dir)
+        os.makedirs(log_dir, exist_ok=True)
+        console = os.path.join(log_dir, "console.log")
+        env = dict(os.environ)
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.args.threads)
+        env["PYTHONUNBUFFERED"] = "1"
+        follower = RecordFollower(os.path.join(run_dir, "diagnostics.jsonl"))
+        records: List[Dict[str, Any]] = []
+        reported = 0  # the last step reported to Optuna
+        with open(console, "ab") as out:
+            proc = subprocess.Popen(self._command(hparams, name, log_dir, device),
+                                    stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            while True:
+                finished = proc.poll() is not None
+                new, rewritten = follower.poll()
+                if rewritten:  # a rollback: the history is the file's again
+                    records = []
+                for record in new:
+                    records.append(record)
+                    score = score_records(records)
+                    if score.diverged:
+                        self._terminate(proc)
+                        return self._fail(trial, f"diverged: {score.diverged}")
+                    if score.value is not None and score.step > reported:
+                        reported = score.step
+                        trial.report(score.value, score.step)
+                        trial.set_user_attr("curve", [list(p) for p in score.curve])
+                        if not finished and trial.should_prune():
+                            self._terminate(proc)
+                            trial.set_user_attr("outcome", "pruned")
+                            trial.set_user_attr("note", f"pruned at step {score.step}")
+                            raise optuna.TrialPruned(f"objective {score.value:.4f} at step "
+                                                     f"{score.step}")
+                if finished:
+                    break
+                if self.stop.is_set():
+                    self._terminate(proc)
+                    return self._interrupted(trial)
+                time.sleep(POLL_SECONDS)
+        except KeyboardInterrupt:  # a second Ctrl-C: still stop the trainer and queue it again
+            self._terminate(proc)
+            self._mark_interrupted(trial)
+            raise
+        except BaseException:
+            self._terminate(proc)  # never leave a trainer behind (a no-op when it has ended)
+            raise
+        return self._judge(trial, proc.returncode, records, run_dir, console, optuna)
+
+    def _judge(self, trial: Any, status: int, records: List[Dict[str, Any]], run_dir: str,
+               console: str, optuna: Any) -> float:
+        """COMPLETE, PRUNED (red flag) or FAIL from the exit status and the records."""
+        score = score_records(records)
+        trial.set_user_attr("curve", [list(p) for p in score.curve])  # the file's final history
+        diverged = score.diverged or divergence_in_reports(run_dir)
+        if diverged:
+            return self._fail(trial, f"diverged: {diverged}")
+        if self.stop.is_set() and status != 0:
+            return self._interrupted(trial)
+        if status == TRAIN_EXIT_RED_FLAG:
+            trial.set_user_attr("outcome", "pruned")
+            trial.set_user_attr("note", f"red flag stop at step {score.step or '?'}"
+                                + (f" ({', '.join(score.red_flags)})" if score.red_flags else ""))
+            raise optuna.TrialPruned("stopped by a red flag")
+        if status == TRAIN_EXIT_BAD_INPUT:
+            return self._fail(trial, f"train.py rejected the input: {last_line(console)}")
+        if status != 0:
+            return self._fail(trial, f"train.py exited with status {status}: {last_line(console)}")
+        if score.value is None:
+            return self._fail(trial, "no validation with free-running decoding ran; raise --steps "
+                                     "or lower iters_per_validation")
+        trial.set_user_attr("outcome", "complete")
+        return float(score.value)
+
+    def _interrupted(self, trial: Any) -> NoReturn:
+        """Marks the trial interrupted, queues its settings again and stops the study."""
+        self._mark_interrupted(trial)
+        trial.study.stop()
+        raise TrialInterrupted("stopped by a signal")
+
+    def _mark_interrupted(self, trial: Any) -> None:
+        """Marks the trial interrupted and queues its settings again for the next start."""
+        trial.set_user_attr("outcome", "interrupted")
+        trial.set_user_attr("note", "interrupted; retried on the next start")
+        with self._requeue_lock:
+            first_time = trial.number not in self._requeued
+            self._requeued.add(trial.number)
+        if first_time:
+            user_attrs = {"retry_of": trial.number}
+            if trial.user_attrs.get("defaults"):
+                user_attrs["defaults"] = True
+            trial.study.enqueue_trial(dict(trial.params), user_attrs=user_attrs)
+
+    @staticmethod
+    def _terminate(proc: subprocess.Popen) -> None:
+        """SIGTERM (train.py saves a checkpoint and exits), SIGKILL if it does not."""
+        if proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=TERMINATE_WAIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ----------------------------------------------------------------------------------- set-up
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option as one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (python tune.py --help)", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n_trials", type=int, default=20,
+                        help="trials the study should hold when done (finished ones count)")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps per trial")
+    parser.add_argument("--hparams", default="", help="base overrides for every trial, as train.py")
+    parser.add_argument("--study", default="tune", help="study name; default storage OUTPUT/STUDY.db")
+    parser.add_argument("-o", "--output_directory", default="output")
+    parser.add_argument("-l", "--log_directory", default="logs")
+    parser.add_argument("--tensorboard_directory", default="runs")
+    parser.add_argument("--storage", default=None,
+                        help="an Optuna database URL shared by several machines "
+                             "(postgresql://..., mysql+pymysql://...); default sqlite in OUTPUT")
+    parser.add_argument("--space", default=None,
+                        help='search-space overrides "name=low:high[:log],name=a|b,name=off" '
+                             'or a JSON file')
+    parser.add_argument("--devices", default=None,
+                        help="comma-separated devices, one running trial each (cuda:0,cuda:1)")
+    parser.add_argument("--n_jobs", type=int, default=None,
+                        help="trials at once on this machine (default: one per device, else 1)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per trial")
+    parser.add_argument("--pruner", default="median",
+                        help="median (default), none, or threshold:X (prune below X)")
+    parser.add_argument("--prune_warmup", type=int, default=None,
+                        help="no pruning before this training step (default: steps // 4)")
+    parser.add_argument("--prune_startup_trials", type=int, default=2,
+                        help="median pruner: finished trials needed before it prunes")
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed")
+    return parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> Tuple[List[Dimension], List[Optional[str]], List[str]]:
+    """Validates everything that can be validated before a trial runs.
+
+    Returns:
+        (search space, device of each parallel slot, notices)
+    """
+    for name in ("n_trials", "steps", "threads"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be at least 1")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.study):
+        raise UsageError(f"--study {args.study!r}: use letters, digits, '_', '-', '.'")
+    try:
+        plan = create_hparams(args.hparams)
+    except HParamsError as err:
+        raise UsageError(f"--hparams: {err}") from None
+    if plan.free_running_every < 1:
+        raise UsageError("--hparams: the objective scores free-running decoding; "
+                         "free_running_every must be at least 1")
+    if args.steps < plan.iters_per_validation:
+        raise UsageError(f"--steps {args.steps} is below iters_per_validation="
+                         f"{plan.iters_per_validation}: no validation would run")
+    space, notices = check_space(parse_space(args.space), args.hparams)
+    if not space:
+        raise UsageError("--space: nothing left to search")
+    devices = check_devices(args.devices)
+    n_jobs = args.n_jobs if args.n_jobs is not None else (len(devices) if devices else 1)
+    if n_jobs < 1:
+        raise UsageError("--n_jobs must be at least 1")
+    if devices and n_jobs > len(devices):
+        raise UsageError(f"--n_jobs {n_jobs} needs {n_jobs} entries in --devices (one running "
+                         f"trial per device; name a device twice to share it)")
+    slots: List[Optional[str]] = list(devices[:n_jobs]) if devices else [None] * n_jobs
+    for folder in (args.output_directory, args.log_directory, args.tensorboard_directory):
+        check_folder(folder)
+    if args.pruner not in ("median", "none") and not re.fullmatch(r"threshold:[-+0-9.eE]+",
+                                                                    args.pruner):
+        raise UsageError(f"--pruner {args.pruner!r}: choose median, none or threshold:X")
+    if args.prune_warmup is not None and args.prune_warmup < 0:
+        raise UsageError("--prune_warmup must be >= 0")
+    return space, slots, notices
+
+
+def check_devices(text: Optional[str]) -> List[str]:
+    """Parses --devices; UsageError for a device this machine does not have."""
+    if not text:
+        return []
+    devices = [d.strip() for d in text.split(",") if d.strip()]
+    if not devices:
+        raise UsageError("--devices: name at least one device")
+    import torch
+
+    for d in devices:
+        try:
+            dev = torch.device(d)
+        except (RuntimeError, ValueError):
+            raise UsageError(f"--devices: unknown device {d!r} (cpu, cuda, cuda:N)") from None
+        if dev.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0:
+                raise UsageError(f"--devices: {d}: this machine has no CUDA device")
+            if dev.index is not None and dev.index >= count:
+                raise UsageError(f"--devices: {d}: this machine has {count} CUDA device(s), "
+                                 f"cuda:0 to cuda:{count - 1}")
+        elif dev.type == "mps":
+            if not torch.backends.mps.is_available():
+                raise UsageError(f"--devices: {d}: MPS is not available here")
+        elif dev.type != "cpu":
+            raise UsageError(f"--devices: {d}: use cpu, cuda or cuda:N")
+    return devices
+
+
+def check_folder(folder: str) -> None:
+    """Creates `folder` and checks that files can be written in it."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".tune_write_test_{os.getpid()}")
+        with open(probe, "w", encoding="utf-8") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as err:
+        raise UsageError(f"cannot write in {folder}: {err.strerror or err}") from None
+
+
+def make_pruner(args: argparse.Namespace) -> Any:
+    """Optuna's own pruners; warm-up and startup counts keep early noise from pruning."""
+    import optuna
+
+    warmup = args.prune_warmup if args.prune_warmup is not None else args.steps // 4
+    if args.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if args.pruner.startswith("threshold:"):
+        return optuna.pruners.ThresholdPruner(lower=float(args.pruner.split(":", 1)[1]),
+                                              n_warmup_steps=warmup)
+    return optuna.pruners.MedianPruner(n_startup_trials=args.prune_startup_trials,
+                                       n_warmup_steps=warmup)
+
+
+def open_storage(args: argparse.Namespace) -> Tuple[Any, bool]:
+    """The Optuna storage; (storage, private) where private means only this process uses it.
+
+    The default SQLite file in the output folder is private: a lock file keeps a second tune.py
+    out, so trials found RUNNING at start were left by a killed tune.py. A --storage URL may be
+    shared by several machines: Optuna's heartbeat then fails a trial whose process stopped
+    beating, and RetryFailedTrialCallback queues it again.
+    """
+    import optuna
+
+    if args.storage:
+        url = args.storage
+        # Optuna 4.9 renamed the retry callback and its argument; older releases know the old names
+        retry_class = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+        if retry_class is not None:
+            kwargs: Dict[str, Any] = {"heartbeat_stale_trial_callback": retry_class(max_retry=1)}
+        else:
+            kwargs = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)}
+        kwargs.update(heartbeat_interval=60, grace_period=180)
+        private = False
+    else:
+        path = os.path.abspath(os.path.join(args.output_directory, f"{args.study}.db"))
+        url = f"sqlite:///{path}"
+        kwargs = {}
+        private = True
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    try:
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    except Exception as err:  # sqlalchemy and driver errors: a bad URL, a missing driver
+        message = " ".join(str(err).split())[:300]
+        raise UsageError(f"--storage: cannot open {url}: {type(err).__name__}: {message}") from None
+    return storage, private
+
+
+def lock_study(args: argparse.Namespace) -> Any:
+    """An exclusive lock next to the default SQLite study; held until the process ends."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, RUNNING trials are then left to the user
+        return None
+    path = os.path.join(args.output_directory, f"{args.study}.db.lock")
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise UsageError(f"another tune.py is running study {args.study} in "
+                         f"{args.output_directory} (lock {path})") from None
+    return handle
+
+
+def counts_as_done(trial: Any) -> bool:
+    """A trial that used its turn: complete, pruned, or failed on its own (not interrupted)."""
+    from optuna.trial import TrialState
+
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and trial.user_attrs.get("outcome") == "failed"
+
+
+def prepare_study(args: argparse.Namespace, space: Sequence[Dimension], storage: Any,
+                  private: bool) -> Tuple[Any, List[str]]:
+    """Creates or resumes the study; queues the plan's values first when it is new.
+
+    Returns:
+        (study, notices)
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    notices: List[str] = []
+    study = optuna.create_study(storage=storage, study_name=args.study, direction="maximize",
+                                load_if_exists=True)
+    trials = study.get_trials(deepcopy=False)
+    if not trials:
+        leftovers = sorted(n for n in os.listdir(args.output_directory)
+                           if re.fullmatch(r"trial_\d+", n)
+                           and os.path.isdir(os.path.join(args.output_directory, n)))
+        if leftovers:
+            raise UsageError(f"{args.output_directory} already holds {', '.join(leftovers[:3])} "
+                             f"from another run; a new study needs an output folder without "
+                             f"trial_<n> folders (--output_directory)")
+        study.set_user_attr("base_hparams", args.hparams)
+        study.set_user_attr("steps", args.steps)
+        study.enqueue_trial(plan_values(space, args.hparams), user_attrs={"defaults": True},
+                            skip_if_exists=True)  # two machines starting a shared study at once
+        notices.append(f"new study {args.study}: trial 0 runs the plan's values")
+        return study, notices
+    stored = study.user_attrs
+    if stored.get("base_hparams", args.hparams) != args.hparams or \
+            stored.get("steps", args.steps) != args.steps:
+        raise UsageError(f"study {args.study} ran with --steps {stored.get('steps')} --hparams "
+                         f"{stored.get('base_hparams')!r}; resume it with the same, or start "
+                         f"another with --study")
+    if private:
+        for t in trials:
+            if t.state == TrialState.RUNNING:  # its tune.py was killed: the lock says so
+                study.tell(t.number, state=TrialState.FAIL)
+                retry = {"retry_of": t.number, **({"defaults": True}
+                                                   if t.user_attrs.get("defaults") else {})}
+                study.enqueue_trial(dict(t.params), user_attrs=retry)
+                notices.append(f"trial {t.number} was left running by a stopped tune.py: "
+                               f"marked failed, its settings queued again")
+    done = sum(counts_as_done(t) for t in study.get_trials(deepcopy=False))
+    notices.append(f"resuming study {args.study}: {done} trial(s) done")
+    return study, notices
+
+
+# ----------------------------------------------------------------------------------- report
+def trial_rows(study: Any) -> List[Dict[str, Any]]:
+    """One dict per trial for the table (from the study alone: trials of other machines too)."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        # (step, diagonality, reading diagonality); points of two values from older sessions
+        curve = [(int(p[0]), float(p[1]), float(p[2] if len(p) > 2 else p[1]))
+                 for p in attrs.get("curve", [])]
+        aligned = next((s for s, d, _ in curve if d >= ALIGNED), None)
+        notes = []
+        if attrs.get("defaults"):
+            notes.append("the plan's values")
+        retry_of = attrs.get("retry_of")
+        if retry_of is None:  # queued again by Optuna's heartbeat (a shared --storage)
+            retry_of = t.system_attrs.get("failed_trial")
+        if retry_of is not None:
+            notes.append(f"retry of {retry_of}")
+        if attrs.get("note"):
+            notes.append(str(attrs["note"]))
+        elif t.state.name == "FAIL" and "outcome" not in attrs:
+            notes.append("interrupted (its tune.py stopped)")
+        rows.append({"number": t.number, "state": t.state.name, "value": t.value,
+                     "aligned_step": aligned, "last": curve[-1][1] if curve else None,
+                     "last_reading": curve[-1][2] if curve else None,
+                     "minutes": attrs.get("minutes"), "note": "; ".join(notes),
+                     "curve": curve, "params": dict(t.params), "hparams": attrs.get("hparams"),
+                     "defaults": bool(attrs.get("defaults"))})
+    return rows
+
+
+def format_table(rows: Sequence[Dict[str, Any]]) -> str:
+    """A Markdown table of the trials."""
+    def num(value: Any, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    lines = [f"| trial | status | objective | FR diagonality (last) | FR reading (last) "
+             f"| step FR diag >= {ALIGNED} | minutes | note |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['number']} | {r['state']} | {num(r['value'], '.4f')} | "
+                     f"{num(r['last'], '.3f')} | {num(r['last_reading'], '.3f')} | "
+                     f"{num(r['aligned_step'], 'd')} | {num(r['minutes'], '.1f')} | {r['note']} |")
+    return "\n".join(lines)
+
+
+def format_comparison(best: Dict[str, Any], first: Optional[Dict[str, Any]]) -> str:
+    """The best trial's values beside the plan's (the first trial's)."""
+    lines = ["| hparam | plan (first trial) | best |", "|---|---|---|"]
+    plan = first["params"] if first else {}
+    for name, value in best["params"].items():
+        mark = "" if plan.get(name) == value else " *"
+        lines.append(f"| {name} | {_fmt(plan.get(name, '-'))} | {_fmt(value)}{mark} |")
+    return "\n".join(lines)
+
+
+def plot_curves(rows: Sequence[Dict[str, Any]], best: Dict[str, Any],
+                first: Optional[Dict[str, Any]], path: str, title: str) -> str:
+    """PNG: free-running diagonality (solid) and reading diagonality (dashed) against step, the
+    best trial beside the first (the plan's values); the other trials faint."""
+    import matplotlib
+    matplotlib.use("Agg")  # no display on training servers
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    highlighted = {best["number"]} | ({first["number"]} if first else set())
+    for r in rows:
+        if r["curve"] and r["number"] not in highlighted:
+            steps, diag, _ = zip(*r["curve"])
+            ax.plot(steps, diag, color="0.8", linewidth=0.8)
+    shown = [(best, "tab:blue", "best")]
+    if first and first["number"] != best["number"]:
+        shown.append((first, "tab:gray", "the plan's values"))
+    elif first:
+        shown = [(best, "tab:blue", "best = the plan's values")]
+    for row, color, what in shown:
+        if not row["curve"]:
+            continue
+        steps, diag, reading = zip(*row["curve"])
+        value = f"{row['value']:.3f}" if row["value"] is not None else "-"
+        ax.plot(steps, diag, "o-", color=color,
+                label=f"trial {row['number']} ({what}), objective {value}")
+        ax.plot(steps, reading, "--", color=color, linewidth=1,
+                label=f"trial {row['number']}: reading diagonality")
+    ax.axhline(ALIGNED, color="tab:green", linestyle=":", linewidth=1, label=f"{ALIGNED} (aligned)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("free-running diagonality")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def summarize(study: Any, args: argparse.Namespace, seconds: float) -> str:
+    """The end report: table, best against the plan, PNG, the --hparams string to train with."""
+    rows = trial_rows(study)
+    out = [f"study {args.study}: {len(rows)} trial(s), this session {seconds / 60:.1f} min", "",
+           format_table(rows), ""]
+    complete = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
+    plan_rows = [r for r in rows if r["defaults"]]
+    first = next((r for r in plan_rows if r["state"] == "COMPLETE"),
+                 plan_rows[0] if plan_rows else (rows[0] if rows else None))
+    if not complete:
+        out.append("no trial completed yet: nothing to recommend (see the notes above)")
+        return "\n".join(out)
+    best = max(complete, key=lambda r: r["value"])
+    png = os.path.join(args.output_directory, f"{args.study}_diagonality.png")
+    plot_curves(rows, best, first, png, f"study {args.study}: free-running diagonality")
+    first_value = f"{first['value']:.4f}" if first and first["value"] is not None else "-"
+    verdict = (["no trial beat the plan's values: keep them"]
+               if first is not None and best["number"] == first["number"] else [])
+    out += [f"best: trial {best['number']}, objective {best['value']:.4f} (first trial, the "
+            f"plan's values: {first_value})", *verdict, "", format_comparison(best, first), "",
+            f"diagonality curves: {png}", "", "train with:",
+            f"  --hparams=\"{best['hparams']}\"",
+            f"  python train.py --hparams=\"{best['hparams']}\""]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------- main
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        import optuna
+    except ImportError:
+        print("error: tune.py needs Optuna: pip install 'optuna>=3.4'", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    # tune.py prints one line per trial; Optuna's own INFO lines and experimental-API warnings
+    # would drown them
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:
+        space, slots, notices = check_args(args)
+        storage, private = open_storage(args)
+        lock = lock_study(args) if private else None
+        study, more = prepare_study(args, space, storage, private)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for line in notices + more:
+        print(line)
+    url = args.storage or f"sqlite:///{os.path.join(args.output_directory, args.study + '.db')}"
+    print(f"study {args.study} in {url}; watch it with: optuna-dashboard {url}")
+
+    done = sum(counts_as_done(t) for t in study.get_trials(deepcopy=False))
+    remaining = max(0, args.n_trials - done)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials: our line, no traceback
+    sampler = optuna.samplers.TPESampler(seed=args.seed + len(study.get_trials(deepcopy=False)),
+                                         n_startup_trials=5)
+    study = optuna.load_study(study_name=args.study, storage=storage, sampler=sampler,
+                              pruner=make_pruner(args))
+    stop = threading.Event()
+    runner = TrialRunner(args, space, DevicePool(slots), stop)
+    received: List[int] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        stop.set()
+        print(f"signal {signum}: stopping the running trial(s) after their checkpoint; run the "
+              f"same command again to resume", file=sys.stderr)
+        # a second Ctrl-C raises KeyboardInterrupt (handled: exit 130), a second SIGTERM kills
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT
+                      else signal.SIG_DFL)
+
+    def after_trial(study_: Any, frozen: Any) -> None:
+        print(one_line(frozen), flush=True)
+        if stop.is_set():
+            study_.stop()
+        elif sum(counts_as_done(t) for t in study_.get_trials(deepcopy=False)) >= args.n_trials:
+            study_.stop()  # other machines of a shared study finished the rest
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    started = time.time()
+    try:
+        if remaining:
+            print(f"running {remaining} trial(s) of {args.steps} steps, {len(slots)} at a time")
+            study.optimize(runner, n_trials=remaining, n_jobs=len(slots),
+                           catch=(TrialFailed, TrialInterrupted), callbacks=[after_trial])
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once; the next start retries the trial
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if lock is not None:
+            lock.close()
+    report = summarize(study, args, time.time() - started)
+    print("\n" + report)
+    with open(os.path.join(args.output_directory, f"{args.study}_summary.md"), "w",
+              encoding="utf-8") as f:
+        f.write(report + "\n")
+    if received:
+        return 128 + received[0]
+    return 0
+
+
+def one_line(frozen: Any) -> str:
+    """A finished trial in one line."""
+    attrs = frozen.user_attrs
+    value = f" objective {frozen.value:.4f}" if frozen.value is not None else ""
+    note = f" ({attrs['note']})" if attrs.get("note") else ""
+    minutes = f" in {attrs['minutes']:.1f} min" if attrs.get("minutes") is not None else ""
+    return f"trial {frozen.number} {frozen.state.name}{value}{minutes}{note}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
