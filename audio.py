@@ -151,7 +151,7 @@ def trim_silence(wav: np.ndarray, top_db: float, frame_length: int = 2048,
 
 def _mel_basis(hp_like) -> np.ndarray:
     """librosa's Slaney mel basis (n_mel, filter_length // 2 + 1), float32 as NVIDIA uses it."""
-    import librosa.filters
+    import librosa.filters  # librosa takes about a second to import; only new mels need it
 
     return librosa.filters.mel(sr=hp_like.sampling_rate, n_fft=hp_like.filter_length,
                                n_mels=hp_like.n_mel_channels, fmin=hp_like.mel_fmin,

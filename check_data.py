@@ -42,6 +42,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
+import plotting
 from audio import AudioError, audio_info, load_wav
 from data_utils import FilelistEntry, read_filelist
 from hparams import HParams, create_hparams
@@ -348,12 +349,6 @@ def summary(report: CheckReport, filelists: Sequence[str]) -> str:
 
 def write_plots(report: CheckReport, folder: str) -> List[str]:
     """PNG histograms of durations and of speaking rate into `folder`; returns the paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    os.makedirs(folder, exist_ok=True)
     seconds = [s.seconds for s in report.lines if s.seconds is not None]
     rates = [s.seconds / s.n_symbols for s in report.lines if s.seconds and s.n_symbols]
     flagged = {(p.filelist, p.line) for p in report.problems if p.kind == "rate_outlier"}
@@ -362,7 +357,8 @@ def write_plots(report: CheckReport, folder: str) -> List[str]:
     written = []
     for name, values, xlabel in (("durations.png", seconds, "duration (s)"),
                                  ("speaking_rate.png", rates, "seconds per text symbol")):
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, canvas = plotting.new_figure(7, 4)
+        ax = fig.add_subplot(1, 1, 1)
         ax.hist(values, bins=min(50, max(5, len(values) // 4)), color="tab:blue")
         if name == "speaking_rate.png":
             if report.rate_median is not None:
@@ -375,10 +371,7 @@ def write_plots(report: CheckReport, folder: str) -> List[str]:
         ax.set_ylabel("lines")
         ax.set_title(f"{xlabel}: {len(values)} lines")
         fig.tight_layout()
-        path = os.path.join(folder, name)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(plotting.save_png(canvas, os.path.join(folder, name)))
     return written
 
 

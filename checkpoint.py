@@ -19,7 +19,12 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from unidecode import unidecode
+
 from hparams import HParams, HParamsError, create_hparams
+from model import Tacotron2
+from runlock import pid_is_alive
+from text.symbols import get_symbols
 
 FORMAT_VERSION = 1
 LATEST = "checkpoint_LATEST"
@@ -236,7 +241,6 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, optimizer: Optional[to
         `path`.
     """
     if symbols is None:
-        from text.symbols import get_symbols
         symbols = get_symbols(hp.symbol_set)
     learning_rate = optimizer.param_groups[0]["lr"] if optimizer is not None else hp.learning_rate
     data = {
@@ -326,8 +330,6 @@ def remove_orphan_temporaries(run_dir: str) -> List[str]:
     restarted trainer often gets the pid of the one that died. Call it at start-up, after
     taking the run lock (runlock.RunLock), never while another thread of this process saves.
     """
-    from runlock import pid_is_alive
-
     checkpoints = list_checkpoints(run_dir)
     newest_ns = os.stat(checkpoints[-1][1]).st_mtime_ns if checkpoints else None
     removed = []
@@ -375,8 +377,6 @@ def model_from_checkpoint(path: str, device: Any = "cpu", hp_overrides: Optional
     Raises:
         CheckpointError: unreadable file, or weights that do not fit the hparams.
     """
-    from model import Tacotron2
-
     ckpt = load_checkpoint(path, map_location="cpu")
     hp = hparams_from_checkpoint(ckpt, hp_overrides, fallback)
     model = Tacotron2(hp)
@@ -403,8 +403,6 @@ def warm_start_state(model: torch.nn.Module, ckpt: Dict[str, Any], ignore_layers
     Returns:
         {"loaded": [...], "skipped": [...], "embedding_rows_copied": int}
     """
-    from text.symbols import get_symbols
-
     source = ckpt["state_dict"]
     target = model.state_dict()
     report: Dict[str, Any] = {"loaded": [], "skipped": [], "embedding_rows_copied": 0}
@@ -444,7 +442,6 @@ def warm_start_state(model: torch.nn.Module, ckpt: Dict[str, Any], ignore_layers
 
 def _transliterate_symbol(symbol: str) -> Optional[str]:
     """The English symbol that a Cyrillic letter sounds most like (first letter of unidecode)."""
-    from unidecode import unidecode
 
     if len(symbol) != 1 or symbol.isascii():
         return None

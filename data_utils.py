@@ -239,39 +239,28 @@ class TextMelDataset(Dataset):
         text_lengths: list[int], symbols per item.
         mel_lengths_estimate: list[int], 1 + samples // hop_length from the header (an upper
             bound when trim_silence is on), for length-bucketing samplers.
-        speaker_names: sorted speaker names (empty when the filelist has none).
     """
 
-    def __init__(self, entries: Sequence[FilelistEntry], hp, cache_dir: Optional[str] = None,
-                 return_speakers: bool = False):
+    def __init__(self, entries: Sequence[FilelistEntry], hp, cache_dir: Optional[str] = None):
         """
         Args:
             entries: from `read_filelist`.
             hp: HParams (text_cleaners, symbol_set, drop_unknown_chars and the audio fields).
             cache_dir: folder for cached mels (.npy); None = compute every time.
-            return_speakers: items become (ids, mel, speaker index); every entry needs a speaker.
 
         Raises:
             DataError: "<filelist>:<line>: ..." for an unknown character, a text that cleans to
                 nothing, an unreadable audio header, a wrong sample rate or a clip too short
-                for the STFT, or a missing speaker when `return_speakers`.
+                for the STFT.
         """
         self.entries = list(entries)
         self.hp = hp
         self.cache_dir = os.fspath(cache_dir) if cache_dir else None
-        self.return_speakers = return_speakers
         if self.cache_dir:
             os.makedirs(self.cache_dir, exist_ok=True)
         self.sequences: List[List[int]] = [self._encode(e) for e in self.entries]
         self.text_lengths: List[int] = [len(s) for s in self.sequences]
         self.mel_lengths_estimate: List[int] = [self._frames_from_header(e) for e in self.entries]
-        self.speaker_names: List[str] = sorted({e.speaker for e in self.entries if e.speaker})
-        self._speaker_index = {name: i for i, name in enumerate(self.speaker_names)}
-        if return_speakers:
-            for e in self.entries:
-                if e.speaker is None:
-                    raise DataError(f"{e.filelist}:{e.line}: no speaker (expected "
-                                    f"'audio_path|text|speaker')")
 
     def _encode(self, entry: FilelistEntry) -> List[int]:
         try:
@@ -336,12 +325,8 @@ class TextMelDataset(Dataset):
         return mel
 
     def __getitem__(self, index: int):
-        """(LongTensor (N,), FloatTensor (n_mel, T)), plus the speaker index when asked."""
-        ids = torch.tensor(self.sequences[index], dtype=torch.long)
-        mel = self.get_mel(index)
-        if self.return_speakers:
-            return ids, mel, self._speaker_index[self.entries[index].speaker]
-        return ids, mel
+        """(LongTensor (N,), FloatTensor (n_mel, T))."""
+        return torch.tensor(self.sequences[index], dtype=torch.long), self.get_mel(index)
 
 
 # ---------------------------------------------------------------------------- batches
@@ -352,10 +337,9 @@ class Batch(NamedTuple):
     mel: torch.Tensor  # Float (B, n_mel, T_max), T_max a multiple of r, padded with 0.0
     gate: torch.Tensor  # Float (B, T_max): 1 from frame mel_len - 1 on
     mel_lengths: torch.Tensor  # Long (B,), true lengths
-    speakers: Optional[torch.Tensor]  # Long (B,) or None
     # Long (B,) on the CPU: row b holds the item that was order[b]-th in the list given to the
     # collate, which sorts by text length. `x[batch.order.argsort()]` puts rows back in input
-    # order. None for a Batch built by hand with six fields.
+    # order. None for a Batch built by hand with five fields.
     order: Optional[torch.Tensor] = None
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
@@ -364,8 +348,7 @@ class Batch(NamedTuple):
         `order` indexes Python lists (file names, entries), so it is kept where reading it costs
         no device synchronisation.
         """
-        moved = [None if t is None else t.to(device, non_blocking=non_blocking)
-                 for t in self[:-1]]
+        moved = [t.to(device, non_blocking=non_blocking) for t in self[:-1]]
         return Batch(*moved, order=self.order)
 
 
@@ -380,14 +363,14 @@ class TextMelCollate:
     def __call__(self, items) -> Batch:
         """
         Args:
-            items: list of (ids Long (N,), mel Float (n_mel, T)) or (ids, mel, speaker index).
+            items: list of (ids Long (N,), mel Float (n_mel, T)).
 
         Returns:
             Batch; the gate target is 0 before the last real frame and 1 from it onward,
             padding included, as NVIDIA's. `order[b]` is the index in `items` of row b.
         """
         n_mel = items[0][1].shape[0]
-        for ids, mel, *_ in items:
+        for ids, mel in items:
             if mel.dim() != 2 or mel.shape[0] != n_mel:
                 raise ValueError(f"mels in a batch must be (n_mel={n_mel}, T), got "
                                  f"{tuple(mel.shape)}")
@@ -406,11 +389,7 @@ class TextMelCollate:
             text[row, :len(ids)] = ids
             mel[row, :, :item_mel.shape[1]] = item_mel
             gate[row, item_mel.shape[1] - 1:] = 1.0
-        speakers = None
-        if len(items[0]) > 2:
-            speakers = torch.tensor([int(items[i][2]) for i in order], dtype=torch.long)
-        return Batch(text, text_lengths.long(), mel, gate, mel_lengths, speakers,
-                     order_tensor.long())
+        return Batch(text, text_lengths.long(), mel, gate, mel_lengths, order_tensor.long())
 
 
 # ---------------------------------------------------------------------------- samplers

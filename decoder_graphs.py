@@ -1,11 +1,12 @@
 """Decoder loops on static buffers, replayed as CUDA graphs on a GPU (`hp.cuda_graphs`).
 
-Why: at batch 64-128 on a GPU one decoder step is ~45 small kernels forward and ~100 backward,
-and launching each one from Python and autograd costs more than running it, so an eager loop of
-~800 steps per batch is bound by kernel launches, not by arithmetic. Here a step reads and
-writes only preallocated buffers, indexed by a step counter that lives on the device, so every
-step issues the same kernels on the same addresses: on CUDA the step is captured once as a CUDA
-graph per (batch size, text-length bucket, mode) and every later step is one graph launch.
+Why: at batch 64-128 on a GPU one decoder step is ~50 small kernels forward and ~75 backward
+(counted with torch.profiler on the eager step), and launching each one from Python and
+autograd costs more than running it, so an eager loop of ~800 steps per batch is bound by kernel
+launches, not by arithmetic. Here a step reads and writes only preallocated buffers, indexed
+by a step counter that lives on the device, so every step issues the same kernels on the same
+addresses: on CUDA the step is captured once as a CUDA graph per (batch size, text capacity,
+mode) and every later step is one graph launch.
 
 Teacher forcing (`_TeacherForcing`, one autograd Function around the whole loop):
   forward   step s reads state s from a stack of packed states and writes state s + 1 and the
@@ -30,6 +31,7 @@ and the `cuda` tests compare the captured graphs with the eager loop on a GPU.
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable, Dict, Iterator, List, Optional, Protocol, Tuple
 
 import torch
@@ -50,6 +52,8 @@ class SteppingDecoder(Protocol):
     training: bool
     n_mel_channels: int
     n_frames_per_step: int
+    attention_rnn_dim: int
+    decoder_rnn_dim: int
     p_attention_dropout: float
     p_decoder_dropout: float
     gate_threshold: float
@@ -255,7 +259,6 @@ class StaticDecoderLoop:
     def __deepcopy__(self, memo: dict) -> "StaticDecoderLoop":
         # Buffers and captured graphs belong to one decoder and cannot be copied; a copied
         # decoder gets an empty loop of its own.
-        import copy  # only a deep copy of the model needs it
         return StaticDecoderLoop(copy.deepcopy(self.decoder, memo))
 
     def __getstate__(self) -> dict:
@@ -293,6 +296,12 @@ class StaticDecoderLoop:
                     del cache[old]
         return F.pad(memory, (0, 0, 0, width - n)) if width > n else memory
 
+    def _state_sizes(self, ctx: MemoryContext) -> List[int]:
+        """Widths of the seven `DecoderState` tensors, in order."""
+        dec, (_, n, e) = self.decoder, ctx.memory.shape
+        return [dec.attention_rnn_dim, dec.attention_rnn_dim, dec.decoder_rnn_dim,
+                dec.decoder_rnn_dim, n, n, e]
+
     def buffer_sets(self) -> List[Tuple[str, int, int]]:
         """(mode, batch size, text width) of every buffer set held (each with its graphs)."""
         return sorted([("teacher", k[1], k[2]) for k in self._teacher]
@@ -315,8 +324,8 @@ class StaticDecoderLoop:
         """Runs the teacher-forced loop.
 
         Args:
-            ctx: the batch's MemoryContext (text padded to a TEXT_BUCKET multiple); with
-                autograd its three step weights are detached (`live_weights` set).
+            ctx: the batch's MemoryContext, its memory padded by `pad_text`; with autograd
+                its three step weights are detached (`live_weights` set).
             terms: (S, B, ...) attention-gate, decoder-bias and output-bias terms of every step
                 (wrapped in `StepwiseWeightGrad` when `history` is given).
             history: filled with the loop's states for the weight gradients, or None.
@@ -345,11 +354,8 @@ class StaticDecoderLoop:
         buf = self._teacher.get(key)
         if buf is None or buf.capacity < steps:
             capacity = (steps + STEP_BUCKET - 1) // STEP_BUCKET * STEP_BUCKET
-            sizes = [dec.attention_rnn_dim, dec.attention_rnn_dim, dec.decoder_rnn_dim,
-                     dec.decoder_rnn_dim, ctx.memory.shape[1], ctx.memory.shape[1],
-                     ctx.memory.shape[2]]
-            buf = self._teacher[key] = _TeacherBuffers(self, ctx, terms, capacity, sizes,
-                                                       masks_on)
+            buf = self._teacher[key] = _TeacherBuffers(self, ctx, terms, capacity,
+                                                       self._state_sizes(ctx), masks_on)
         return buf
 
     def _teacher_step(self, buf: _TeacherBuffers) -> None:
@@ -459,7 +465,7 @@ class StaticDecoderLoop:
         """Decodes until every item's gate fired or `max_decoder_steps`; no autograd.
 
         Args:
-            ctx: the batch's MemoryContext (text padded to a TEXT_BUCKET multiple).
+            ctx: the batch's MemoryContext, its memory padded by `pad_text`.
 
         Returns:
             (frames (T, B, n_mel r), gate logits (T, B, r), attention (T, B, N_padded),
@@ -467,13 +473,10 @@ class StaticDecoderLoop:
         """
         dec = self.decoder
         device = ctx.memory.device
-        sizes = [dec.attention_rnn_dim, dec.attention_rnn_dim, dec.decoder_rnn_dim,
-                 dec.decoder_rnn_dim, ctx.memory.shape[1], ctx.memory.shape[1],
-                 ctx.memory.shape[2]]
         key = self._key(ctx, "free", dec.training, dec.max_decoder_steps)
         buf = self._free.get(key)
         if buf is None:
-            buf = self._free[key] = _FreeBuffers(self, ctx, sizes)
+            buf = self._free[key] = _FreeBuffers(self, ctx, self._state_sizes(ctx))
         _load_context(buf.ctx, ctx)
         for t in (buf.counter, buf.state, buf.frame, buf.finished, buf.steps_taken):
             t.zero_()

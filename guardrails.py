@@ -171,18 +171,32 @@ class AlignmentGuard:
                 "milestones_done": list(self.milestones_done),
                 "tf_only_streak": self.tf_only_streak}
 
-    def milestone(self, step: int, diagonal: float, hp: HParams) -> Optional[Dict[str, Any]]:
-        """The success criterion reached for the first time at this validation, judged."""
+    def milestone(self, step: int, diagonal: float, hp: HParams,
+                  free: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
+        """The success criterion reached for the first time at this validation, judged.
+
+        Args:
+            diagonal: teacher-forced diagonality (the criterion is judged on it).
+            free: the free-running figures of the same validation, shown beside the verdict:
+                teacher forcing flatters, and the two side by side tell "aligns" from "reads".
+        """
         criterion = criterion_for_step(step, hp)
         if criterion is None or criterion["step"] in self.milestones_done:
             return None
         self.milestones_done.append(criterion["step"])
         passed = diagonal > criterion["threshold"]
-        return {"step": criterion["step"], "threshold": criterion["threshold"],
-                "value": float(diagonal), "passed": bool(passed),
-                "line": (f"criterion step {criterion['step']}: diagonality {diagonal:.2f} "
-                         f"{'>' if passed else '<='} {criterion['threshold']:.2f} "
-                         f"{'PASS' if passed else 'FAIL'}")}
+        line = (f"criterion step {criterion['step']}: diagonality {diagonal:.2f} "
+                f"{'>' if passed else '<='} {criterion['threshold']:.2f} "
+                f"{'PASS' if passed else 'FAIL'}")
+        out = {"step": criterion["step"], "threshold": criterion["threshold"],
+               "value": float(diagonal), "passed": bool(passed)}
+        if free is not None:
+            out["free_value"] = float(free["diagonal_score"])
+            line += (f" (free-running beside it: diagonality {free['diagonal_score']:.2f}, "
+                     f"reading {free['reading_diagonal_score']:.2f}, gate stopped "
+                     f"{free['stopped_share']:.0%})")
+        out["line"] = line
+        return out
 
     def free_running_gap(self, step: int, teacher_diagonal: float,
                          free_diagonal: Optional[float], hp: HParams,

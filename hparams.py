@@ -234,6 +234,11 @@ class HParams:
         if value("seed") is not None and not 0 <= self.seed < 2 ** 32:
             bad("seed", "must be between 0 and 2**32 - 1 (numpy's seed range)")
         above(0, "learning_rate", "min_learning_rate", hint=" (e.g. 1e-3)")
+        for name in ("learning_rate", "min_learning_rate"):
+            # Adam moves every weight by about the learning rate per step: above 1 a run only
+            # diverges, and far above it Adam's float32 step overflows.
+            if value(name) is not None and getattr(self, name) > 1.0:
+                bad(name, "must be at most 1 (Adam's step size; 1e-3 is typical)")
         above(0, "grad_clip_thresh", "gate_positive_weight", "guide_sigma", "max_wav_value",
               "min_audio_seconds", "max_audio_seconds")
         if value("win_length") is not None and value("filter_length") is not None \

@@ -41,6 +41,8 @@ class TrainLogger:
         console.setFormatter(logging.Formatter("%(message)s"))
         self.log.addHandler(file_handler)
         self.log.addHandler(console)
+        # TensorBoard's writer imports tensorflow-free protobuf code that takes a second to
+        # load; ranks other than 0 never need it.
         from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(os.path.join(tensorboard_directory, run_name))
 

@@ -287,7 +287,6 @@ class Encoder(nn.Module):
         return outputs
 
 
-
 class Decoder(nn.Module):
     """Autoregressive attention decoder producing r mel frames and r gate logits per step."""
 

@@ -346,7 +346,7 @@ def process_item(item: Item, job: Job) -> Done | Skip:
 
 
 def _worker_init() -> None:
-    import torch
+    import torch  # only the worker processes of --workers use it: the parent needs no torch
 
     torch.set_num_threads(1)  # the processes share the cores; one thread each
 

@@ -30,7 +30,8 @@ from checkpoint import (CheckpointError, hparams_from_checkpoint, list_checkpoin
                         load_checkpoint, prune_checkpoints, remove_orphan_temporaries,
                         restore_training_state, save_checkpoint, warm_start_state)
 from commons import DeviceError, autocast_context, choose_device
-from data_utils import DataError, curriculum_max_text_length, prepare_dataloaders
+from data_utils import (DataError, SamplerStateError, curriculum_max_text_length,
+                        prepare_dataloaders)
 from guardrails import (DIVERGENCE_FLAG, AlignmentGuard, DivergenceGuard, criterion_for_step,
                         remediated_hparams)
 from hparams import HParams, HParamsError, create_hparams
@@ -239,7 +240,7 @@ class Trainer:
                         extra={"guard": run.guard.state_dict(),
                                "divergence": run.divergence.state_dict(),
                                "epoch": run.epoch, "batch_in_epoch": run.batch_in_epoch,
-                               "sampler": self.sampler.state_dict(),
+                               "sampler": self.sampler.state_dict(position=run.batch_in_epoch),
                                "validations": run.validations})
         prune_checkpoints(run.run_dir, run.hp.keep_checkpoints)
         run.logger.info(f"saved {path}")
@@ -257,7 +258,15 @@ class Trainer:
         run.batch_in_epoch = int(extra.get("batch_in_epoch", 0))
         run.validations = int(extra.get("validations", 0))
         if extra.get("sampler"):
-            self.sampler.load_state_dict(extra["sampler"])
+            try:
+                self.sampler.load_state_dict(extra["sampler"])
+            except SamplerStateError as err:
+                # The data or its batching changed since the checkpoint (another filelist,
+                # batch size or world size): the order cannot be replayed, so a new epoch starts.
+                run.logger.warning(f"{ckpt['path']}: the data order cannot be resumed exactly "
+                                   f"({err}); starting epoch {run.epoch + 1} afresh")
+                run.epoch += 1
+                run.batch_in_epoch = 0
         if run.is_main:
             dropped = truncate_run_files(run.run_dir, run.step)
             if dropped:
@@ -278,6 +287,9 @@ class Trainer:
                                 f"{cap} tokens")
                 run.logger.scalars({"curriculum.max_text_length": cap}, run.step)
         self.sampler.set_epoch(run.epoch, start_batch=run.batch_in_epoch)
+        # Worker seeds come from the loader's own generator: seeding it per epoch gives a resumed
+        # epoch the same worker seeds as the straight run.
+        self.train_loader.generator.manual_seed(run.hp.seed + run.epoch)
 
     def run_epochs(self) -> int:
         """The training loop; returns the exit status."""
@@ -434,7 +446,7 @@ class Trainer:
         free = None
         if hp.free_running_every and run.validations % hp.free_running_every == 0:
             free = free_running(self.model, self.val_set, hp, run.device)
-        milestone = run.guard.milestone(step, metrics["diagonal_score"], hp)
+        milestone = run.guard.milestone(step, metrics["diagonal_score"], hp, free)
         gap = run.guard.free_running_gap(step, metrics["diagonal_score"],
                                          free["diagonal_score"] if free else None, hp)
         guided_term = weight * losses["guided_attn"]

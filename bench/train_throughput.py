@@ -3,15 +3,17 @@
     python bench/train_throughput.py --threads 1    # CPU comparison, a few minutes (see below)
     python bench/train_throughput.py --loop optimised --r 3 --bucketing on --steps 20
     python bench/train_throughput.py --preset default --batch_size 128 --device cuda \\
-        --precision bf16 --lengths ljspeech      # one configuration, the full model, one GPU
+        --precision bf16 --lengths ljspeech      # the comparison, the full model, one GPU
+    python bench/train_throughput.py --loop optimised --preset default --batch_size 128 \\
+        --device cuda --precision bf16 --cuda_graphs on   # the CUDA-graph step alone
     python bench/train_throughput.py --loop optimised --filelist filelists/demo_en_train.txt
 
 A step is exactly `train.train_step`: forward under autocast (`commons.autocast_context`),
 `Tacotron2Loss` with the guided-attention weight of the step, backward through the GradScaler (a
-no-op unless fp16), gradient clipping and an Adam step. Batches are built before the clock starts (no data loading
-is timed except the copy to the device that `train_step` does), the first `--warmup` steps are
-not timed, and the clock is read after `train_step`'s own synchronising `.tolist()` and, on
-CUDA, after `torch.cuda.synchronize`.
+no-op unless fp16), gradient clipping and an Adam step. Batches are built before the clock
+starts (no data loading is timed except the copy to the device that `train_step` does), the
+first `--warmup` steps are not timed, and the clock is read after `train_step`'s own
+synchronising `.tolist()` and, on CUDA, after `torch.cuda.synchronize`.
 
 Figures:
   real frames/s  mel frames inside each item's true length, summed over the timed steps, divided
@@ -37,9 +39,9 @@ with `--bucketing on`, plain random batches with `--bucketing off`.
 
 `--loop reference` decodes with tests/reference_decoder.py's plain NVIDIA-style loop (same
 weights, same loss); `--loop optimised` with `Tacotron2.forward`. `--cuda_graphs on` sets
-`hp.cuda_graphs` (the optimised step replayed as CUDA graphs, decoder_graphs.py; on a CPU the same
-static-buffer loop runs uncaptured) and `--compile on` sets `hp.compile`. `--loop compare` (the default)
-runs, each in a fresh process and one after the other:
+`hp.cuda_graphs` (the optimised step replayed as CUDA graphs, decoder_graphs.py; on a CPU the
+same static-buffer loop runs uncaptured) and `--compile on` sets `hp.compile`. `--loop compare`
+(the default) runs, each in a fresh process and one after the other:
   baseline    reference loop, random batches, r=1
   optimised   optimised loop, random batches, r=1   (the loop alone)
   +bucketing  optimised loop, length buckets, r=1

@@ -603,7 +603,7 @@ def test_corrupt_checkpoint(tmp_path, capsys):
     path = tmp_path / "checkpoint_5"
     path.write_bytes(os.urandom(500))
     code, _, err = run_main(capsys, "--checkpoint", path, "--device", "cpu")
-    assert code == 2 and "not a readable PyTorch checkpoint" in err
+    assert code == 2 and "not a PyTorch checkpoint" in err
     assert err.count("\n") == 1
 
 
@@ -625,3 +625,50 @@ def test_empty_snapshot(tmp_path, capsys):
              decoder_lengths=np.zeros(0, np.int64))
     code, _, err = run_main(capsys, "--alignment", path)
     assert code == 2 and "'alignments' is empty (shape (0, 50, 20))" in err
+
+
+# ---------------------------------------------------------------------------- reading and stopping
+def _parked(read_steps, total, n_tokens):
+    tokens = np.minimum(np.arange(total) * n_tokens // read_steps, n_tokens - 1)
+    return np.eye(n_tokens, dtype=np.float32)[tokens]
+
+
+def test_a_model_that_reads_but_does_not_stop_is_told_runs_on(run, capsys):
+    """Read to the end on a diagonal, then parked on the last token until max_decoder_steps:
+    the report says "read" and "runs on", and advises on the gate, not on reading."""
+    free = [_parked(90, 400, 30), _parked(60, 400, 20), _parked(80, 400, 25)]
+    write_snapshot(run, 1600, good_maps(), free=free)
+    code, out, _ = run_main(capsys, "--step", 1600, "--no-plot", *out_dir(run))
+    assert code == 0
+    reading = re.search(r"reading \(up to where the attention reaches the end of the text\): "
+                        r"diagonality (\d\.\d+); read to the end: 3 of 3", out)
+    assert reading and float(reading.group(1)) > 0.9, out
+    assert "runs on after the text: 3/3" in out
+    assert re.search(r"whole decoded maps: diagonality 0\.0\d\d", out)
+    assert "3 of 3 utterance(s) read the text to its end, then the gate did not stop" in out
+    result = diag.analyze_current_alignment(step=1600, output_directory=str(run.parent),
+                                            run_name=run.name, plot=False)
+    assert result["free_running"]["runs_on"] == 3
+
+
+def test_reports_in_two_languages_do_not_overwrite_each_other(run, capsys):
+    code_en, out_en, _ = run_main(capsys, "--step", 1200, *out_dir(run))
+    code_ru, out_ru, _ = run_main(capsys, "--step", 1200, "--lang", "ru", *out_dir(run))
+    assert code_en == code_ru == 0
+    en, ru = run / "diagnostics" / "step_1200.png", run / "diagnostics" / "step_1200.ru.png"
+    assert en.is_file() and ru.is_file() and en.read_bytes() != ru.read_bytes()
+    assert str(ru) in out_ru and str(en) in out_en
+
+
+def test_skipping_on_most_items_is_told_apart_from_a_few_mismatched_transcripts(run, capsys):
+    def skipper(T, N):  # monotonic, reaches the end, but jumps over every other token
+        tokens = np.minimum((np.arange(T) * N // T) // 2 * 2, N - 1)
+        return np.eye(N, dtype=np.float32)[tokens]
+
+    write_snapshot(run, 1400, [skipper(120, 40)] * 4)
+    _, out, _ = run_main(capsys, "--step", 1400, "--no-plot", *out_dir(run))
+    assert "the model jumps from word to word" in out and "may not match their audio" not in out
+    write_snapshot(run, 1500, [skipper(120, 40)] + good_maps()[:3] * 4)
+    _, out, _ = run_main(capsys, "--step", 1500, "--no-plot", *out_dir(run))
+    assert "may not match their audio (LJ001-0000.wav)" in out
+    assert "jumps from word to word" not in out

@@ -188,16 +188,6 @@ def test_dataset_items_and_lengths(tmp_path, make_corpus, tiny_hp):
         assert torch.equal(mel, audio.mel_from_file(corpus.wavs[i], tiny_hp))
 
 
-def test_dataset_speakers(tmp_path, make_corpus, tiny_hp):
-    corpus = make_corpus(tmp_path, 3, speakers=["bob", "anna", "bob"])
-    data = TextMelDataset(read_filelist(corpus.filelist), tiny_hp, return_speakers=True)
-    assert data.speaker_names == ["anna", "bob"]
-    assert [data[i][2] for i in range(3)] == [1, 0, 1]
-    plain = make_corpus(tmp_path / "plain", 1)
-    with pytest.raises(DataError, match=r"plain.txt:1: no speaker|train.txt:1: no speaker"):
-        TextMelDataset(read_filelist(plain.filelist), tiny_hp, return_speakers=True)
-
-
 def test_unknown_character_names_filelist_and_line(tmp_path, make_corpus):
     corpus = make_corpus(tmp_path, 2, texts=["Fine.", "Caf\u00e9 \u00fcber"])
     hp = create_hparams("preset=tiny,text_cleaners=[basic_cleaners]")
@@ -339,19 +329,14 @@ def test_collate_pads_sorts_and_sets_gate(r, gate, mel_short):
     assert batch.mel[1].tolist() == mel_short
     assert batch.mel[0, :, :4].tolist() == [[1, 1, 1, 1], [2, 2, 2, 2]]
     assert batch.mel[0, :, 4:].abs().sum() == 0
-    assert batch.speakers is None
     assert (batch.text.dtype, batch.mel.dtype, batch.gate.dtype) == (
         torch.long, torch.float32, torch.float32)
     assert batch.text_lengths.dtype == torch.long and batch.mel_lengths.dtype == torch.long
 
 
-def test_collate_with_speakers_and_to():
-    items = [(ids, mel, speaker) for (ids, mel), speaker in zip(_items(), [4, 2])]
-    batch = TextMelCollate(2)(items).to("cpu", non_blocking=True)
-    assert batch.speakers.tolist() == [2, 4]  # follows the text-length order
+def test_collate_to():
+    batch = TextMelCollate(2)(_items()).to("cpu", non_blocking=True)
     assert batch.mel.shape == (2, 2, 4)
-    assert TextMelCollate(1)(_items()).to(torch.device("cpu")).speakers is None
-
 
 def test_collate_rejects_mixed_mel_channels():
     items = _items() + [(torch.tensor([1]), torch.zeros(3, 2))]
@@ -375,13 +360,12 @@ def test_collate_keeps_the_order_it_applied():
     assert restored.tolist() == lengths
 
 
-def test_batch_to_keeps_order_on_the_cpu_and_six_field_batches_still_work():
+def test_batch_to_keeps_order_on_the_cpu_and_five_field_batches_still_work():
     batch = TextMelCollate(1)(_items())
     moved = batch.to("meta")
     assert moved.text.device.type == "meta" and moved.mel.device.type == "meta"
     assert moved.order.device.type == "cpu" and moved.order.tolist() == [1, 0]
-    assert moved.speakers is None
-    by_hand = Batch(*batch[:6])  # six fields, as code written before `order` builds it
+    by_hand = Batch(*batch[:5])  # five fields, as code written before `order` builds it
     assert by_hand.order is None and by_hand.to("cpu").order is None
 
 

@@ -201,6 +201,7 @@ def test_a_second_trainer_on_the_same_run_folder_exits_2(tmp_path, corpus):
     (["--hparams=max_steps=-5"], "hparam max_steps=-5"),
     (["--max_steps=-5"], "--max_steps -5: must be >= 0"),
     (["--hparams=learning_rate=1e400"], "hparam learning_rate=inf"),
+    (["--hparams=learning_rate=1e38"], "hparam learning_rate=1e+38: must be at most 1"),
     (["--output_directory=/proc/taco_align_x"], "--output_directory /proc/taco_align_x"),
     (["--log_directory=/proc/taco_align_x"], "--log_directory /proc/taco_align_x"),
     (["--device=cuda:7"], "--device cuda:7"),

@@ -141,7 +141,7 @@ def make_output_and_batch(r: int = 1, mel_lengths=(9, 6), text_lengths=(5, 3), e
     batch = SimpleNamespace(text=torch.ones(b, n_max, dtype=torch.long),
                             text_lengths=torch.tensor(text_lengths),
                             mel=torch.randn(b, n_mel, t_max, generator=g), gate=gate_target,
-                            mel_lengths=lengths, speakers=None)
+                            mel_lengths=lengths)
     alignments = torch.softmax(torch.randn(b, t_max // r, n_max, generator=g), dim=2)
     output = Tacotron2Output(torch.randn(b, n_mel, t_max, generator=g),
                              torch.randn(b, n_mel, t_max, generator=g),

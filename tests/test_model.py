@@ -133,7 +133,7 @@ def make_batch(hp, lengths_text, lengths_mel, seed=0, extra_text=0, extra_frames
     mel_lengths = torch.tensor(lengths_mel)
     gate = (torch.arange(t_max)[None, :] >= (mel_lengths[:, None] - 1)).float()
     return SimpleNamespace(text=text, text_lengths=torch.tensor(lengths_text), mel=mel,
-                           gate=gate, mel_lengths=mel_lengths, speakers=None)
+                           gate=gate, mel_lengths=mel_lengths)
 
 
 def seeded_model(hp, seed=0):
@@ -592,16 +592,15 @@ def test_static_loop_equals_eager_loop(r):
     eager = model.forward_batch(batch)
     grads_eager = _grads_of_everything(model, eager)
     model.decoder.cuda_graphs = True
-    static = model.forward_batch(batch)
-    grads_static = _grads_of_everything(model, static)
-    # The static loop pads the text to a bucket; the outputs are cut back to the batch's width.
-    assert padded_text_length(7) == TEXT_BUCKET and static.alignments.shape[2] == 7
-    for a, b in zip(static, eager):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    for (name, _), a, b in zip(model.named_parameters(), grads_static, grads_eager):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
-    again = model.forward_batch(batch)  # the buffers and graphs of the first call are reused
-    torch.testing.assert_close(again.mel_postnet, static.mel_postnet, atol=0, rtol=0)
+    for attempt in range(2):  # the second call reuses the first call's buffers
+        static = model.forward_batch(batch)
+        grads_static = _grads_of_everything(model, static)
+        # The static loop pads the text to a bucket; the outputs are cut back to its width.
+        assert padded_text_length(7) == TEXT_BUCKET and static.alignments.shape[2] == 7
+        for a, b in zip(static, eager):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        for (name, _), a, b in zip(model.named_parameters(), grads_static, grads_eager):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=f"{name} ({attempt})")
 
 
 def test_static_loop_text_capacity_grows_and_serves_shorter_texts():

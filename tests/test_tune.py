@@ -26,9 +26,9 @@ TUNE = os.path.join(ROOT, "tune.py")
 STEPS = 4
 
 
-def _record(step, diag=None, near=0.0, mel=1.0, flags=(), loss=1.0):
+def _record(step, diag=None, near=0.0, mel=1.0, flags=(), loss=1.0, reading=None):
     """A diagnostics.jsonl record as train.py writes it (the fields tune.py reads)."""
-    return {"step": step,
+    record = {"step": step,
             "losses": {"total": loss, "mel": mel, "mel_postnet": mel, "gate": 0.1,
                        "guided_attn": 0.2},
             "metrics": {"diagonal_score": 0.5},
@@ -36,6 +36,9 @@ def _record(step, diag=None, near=0.0, mel=1.0, flags=(), loss=1.0):
             "free_running": None if diag is None else
             {"diagonal_score": diag, "focus_score": 0.5, "stopped_share": 1.0,
              "near_length_share": near, "items": 4}}
+    if reading is not None:
+        record["free_running"]["reading_diagonal_score"] = reading
+    return record
 
 
 # ------------------------------------------------------------------------------- search space
@@ -103,15 +106,29 @@ def test_score_area_aligned_step_and_tie_breakers():
     # trapezoids from (0, 0): 100*0.1 + 100*0.5 + 100*0.7 = 130 over 300 steps
     assert score.mean_diagonality == pytest.approx(130 / 300)
     assert score.aligned_step == 200 and score.step == 300 and score.last_diagonality == 0.6
-    assert score.value == pytest.approx(130 / 300 + tune.MEL_WEIGHT / 2.0)
+    # records without a reading diagonality (older trainers): the whole-map one stands in
+    assert score.mean_reading == pytest.approx(130 / 300)
+    assert score.value == pytest.approx(130 / 300 * (1 + tune.READING_WEIGHT) + tune.MEL_WEIGHT / 2)
     late = tune.score_records([_record(100, 0.0), _record(200, 0.2), _record(300, 0.8)])
     assert late.value < score.value  # aligning later scores lower, even with a higher end
     tied = tune.score_records([_record(100, 0.2), _record(200, 0.8, near=1.0), _record(300, 0.6,
                                                                                   near=1.0)])
     assert tied.value == pytest.approx(score.value + tune.NEAR_LENGTH_WEIGHT)
     # a validation without free-running decoding adds no point; it still counts for divergence
-    assert tune.score_records([_record(100, None), _record(200, 0.4)]).curve == [(200, 0.4)]
+    assert tune.score_records([_record(100, None), _record(200, 0.4)]).curve == [(200, 0.4, 0.4)]
     assert tune.score_records([_record(100, None)]).value is None
+
+
+def test_reading_orders_trials_before_the_gate_stops_them():
+    """Before the gate learns to stop, the whole-map score is 0 for everyone; reading tells them
+    apart, and a trial that reads and stops beats any that only reads."""
+    reads = tune.score_records([_record(50, 0.0, reading=0.6), _record(100, 0.0, reading=1.0)])
+    lost = tune.score_records([_record(50, 0.0, reading=0.1), _record(100, 0.0, reading=0.2)])
+    stops = tune.score_records([_record(50, 0.1, reading=0.6), _record(100, 0.5, reading=1.0)])
+    assert reads.mean_diagonality == 0.0 and reads.mean_reading == pytest.approx(0.55)
+    assert lost.value < reads.value < stops.value
+    assert reads.curve == [(50, 0.0, 0.6), (100, 0.0, 1.0)]
+    assert reads.value <= tune.READING_WEIGHT + tune.NEAR_LENGTH_WEIGHT + tune.MEL_WEIGHT
 
 
 def test_score_divergence():
@@ -241,6 +258,24 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, more, words):
     err = capsys.readouterr().err.strip()
     assert status == 2
     assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err, err
+
+
+def test_devices_give_one_slot_each(tmp_path):
+    def slots(*more):
+        args = tune.parse_args(["--output_directory", str(tmp_path / "o"), "--log_directory",
+                                str(tmp_path / "l"), "--tensorboard_directory", str(tmp_path / "r"),
+                                "--hparams", "preset=tiny", "--steps", "10", *more])
+        return tune.check_args(args)[1]
+
+    assert slots() == [None]  # train.py's default device, one trial at a time
+    assert slots("--n_jobs", "3") == [None, None, None]
+    assert slots("--devices", "cpu,cpu") == ["cpu", "cpu"]  # one running trial per entry
+    assert slots("--devices", "cpu,cpu", "--n_jobs", "1") == ["cpu"]
+    pool = tune.DevicePool(["cpu", "cpu:0"])
+    taken = {pool.take(), pool.take()}
+    assert taken == {"cpu", "cpu:0"}
+    pool.give("cpu")
+    assert pool.take() == "cpu"
 
 
 def test_unusable_output_folder_and_changed_resume(tmp_path, capsys):
