@@ -82,6 +82,9 @@ class MemoryContext(NamedTuple):
     # (attention_rnn, decoder_rnn, output) weights, whose gradients `StepwiseWeightGrad` forms
     # once over all steps. None otherwise.
     live_weights: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    # Free-running only: tokens after the previous step's focus that the next step may attend to
+    # (hp.attention_window); 0 = no window.
+    attention_window: int = 0
 
 
 class StepHistory:

@@ -85,6 +85,10 @@ class HParams:
     prenet_dim: int = 256
     max_decoder_steps: int = 1000
     gate_threshold: float = 0.5  # stop when sigmoid(gate) exceeds it; >= 1 never stops (probes)
+    # Free-running decoding only: each step may attend from 1 token before the previous step's
+    # focus to this many tokens after it, so attention cannot jump back or skip ahead on long
+    # texts (a monotonic window); 0 = off (plain location-sensitive attention).
+    attention_window: int = 0
     p_attention_dropout: float = 0.1
     p_decoder_dropout: float = 0.1
     p_encoder_dropout: float = 0.02
@@ -226,7 +230,7 @@ class HParams:
                  "filter_length", "win_length", "n_mel_channels", "max_decoder_steps", "epochs",
                  "free_running_items", "bucket_size_multiplier", "divergence_window",
                  "max_bad_steps")
-        at_least(0, "max_steps", "keep_checkpoints", "iters_per_audio", "free_running_every",
+        at_least(0, "attention_window", "max_steps", "keep_checkpoints", "iters_per_audio", "free_running_every",
                  "num_workers", "curriculum_steps", "lr_patience_steps", "guide_decay_start",
                  "guide_decay_steps", "red_flag_start_step", "red_flag_patience",
                  "weight_decay", "guide_loss_weight", "guide_scale", "remedy_guide_loss_weight",

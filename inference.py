@@ -210,6 +210,9 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="override the checkpoint's; > 1 never stops on the gate")
     parser.add_argument("--max_decoder_steps", type=int, default=None,
                         help="override the checkpoint's")
+    parser.add_argument("--attention_window", type=int, default=None,
+                        help="keep attention monotonic: each step attends from 1 token before "
+                             "the previous focus to N tokens after it (long texts); 0 = off")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed for the prenet's dropout (on at inference)")
     parser.add_argument("--device", default=None,
@@ -231,6 +234,8 @@ def _overrides(args: argparse.Namespace) -> Optional[str]:
         parts.append(f"gate_threshold={args.gate_threshold!r}")
     if args.max_decoder_steps is not None:
         parts.append(f"max_decoder_steps={args.max_decoder_steps}")
+    if args.attention_window is not None:
+        parts.append(f"attention_window={args.attention_window}")
     return ",".join(parts) or None
 
 
@@ -251,7 +256,8 @@ def run(args: argparse.Namespace) -> int:
     model, hp, ckpt = model_from_checkpoint(args.checkpoint, device, _overrides(args))
     print(f"{ckpt['path']}: step {ckpt.get('iteration', '?')}, preset {hp.preset}, "
           f"{hp.symbol_set} symbols, cleaners {','.join(hp.text_cleaners)}, device {device}, "
-          f"gate_threshold {hp.gate_threshold}, max_decoder_steps {hp.max_decoder_steps}")
+          f"gate_threshold {hp.gate_threshold}, max_decoder_steps {hp.max_decoder_steps}"
+          + (f", attention window {hp.attention_window}" if hp.attention_window else ""))
 
     start = time.perf_counter()
     results = synthesize(model, hp, texts, device, batch_size=args.batch_size, seed=args.seed,

@@ -109,6 +109,11 @@ class LocationLayer(nn.Module):
 
 
 
+# The monotonic window of free-running decoding (hp.attention_window) reaches this many tokens
+# back from the previous focus: a step may linger, never jump back.
+WINDOW_BACK = 1
+
+
 class Attention(nn.Module):
     """Location-sensitive attention (NVIDIA names): energies, mask, softmax and context.
 
@@ -167,6 +172,15 @@ class Attention(nn.Module):
         hidden = torch.tanh(location + ctx.processed_memory + processed_query)  # (B, A, N)
         return torch.matmul(ctx.v_weight, hidden).to(ctx.score_dtype)  # (1,A)@(B,A,N)->(B,1,N)
 
+    @staticmethod
+    def outside_window(attention_weights: torch.Tensor, ctx: MemoryContext) -> torch.Tensor:
+        """Bool (B, 1, N): tokens outside [focus - WINDOW_BACK, focus + ctx.attention_window]
+        around the previous step's focus (its argmax); the first step's focus is token 0."""
+        focus = attention_weights.argmax(dim=1, keepdim=True)  # (B, 1)
+        positions = torch.arange(attention_weights.shape[1], device=attention_weights.device)
+        offset = positions.unsqueeze(0) - focus  # (B, N)
+        return ((offset < -WINDOW_BACK) | (offset > ctx.attention_window)).unsqueeze(1)
+
     def forward(self, attention_hidden: torch.Tensor, attention_weights: torch.Tensor,
                 attention_weights_cum: torch.Tensor,
                 ctx: MemoryContext) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -185,6 +199,9 @@ class Attention(nn.Module):
                                                attention_weights_cum, ctx)
         # finfo.min rather than -inf keeps the scores finite under bf16/fp16 autocast.
         energies = energies.masked_fill(ctx.pad_mask, ctx.mask_value)
+        if ctx.attention_window:
+            energies = energies.masked_fill(self.outside_window(attention_weights, ctx),
+                                            ctx.mask_value)
         weights = torch.softmax(energies, dim=2)  # (B, 1, N)
         context = torch.bmm(weights, ctx.memory).squeeze(1)  # (B,1,N)@(B,N,E) -> (B,E)
         return context, weights.squeeze(1)  # (B, 1, N) -> (B, N)
@@ -268,20 +285,26 @@ class Encoder(nn.Module):
 
         Args:
             x: (B, symbols_embedding_dim, N) embeddings, channels first.
-            text_lengths: Long (B,) true lengths, any order.
+            text_lengths: Long (B,) true lengths, any order, on x's device or on the CPU: the
+                packed LSTM wants them on the CPU, and lengths kept there (pinned, as the
+                DataLoader delivers them) spare a device-to-host copy, which waits for the GPU.
 
         Returns:
             (B, N, encoder_embedding_dim) with zeros at padded tokens.
         """
         n_tokens = x.shape[2]
-        keep = sequence_mask(text_lengths, n_tokens).unsqueeze(1).to(x.dtype)  # (B, 1, N)
+        keep = sequence_mask(text_lengths.to(x.device, non_blocking=True), n_tokens)
+        keep = keep.unsqueeze(1).to(x.dtype)  # (B, 1, N)
         for layer in self.convolutions:
             # The pad symbol's embedding is not zero; zero it so an item's last tokens see what
             # they see alone (the conv's own zero padding).
             x = F.dropout(F.relu(layer(x * keep)), self.p_dropout, self.training)
         x = x.transpose(1, 2)  # (B, C, N) -> (B, N, C)
-        packed = pack_padded_sequence(x, text_lengths.cpu(), batch_first=True,
-                                      enforce_sorted=False)
+        lengths = text_lengths.cpu()  # a no-op for lengths on the CPU
+        # Lengths in descending order (as the collate sorts them) need no permutation, whose
+        # index pack_padded_sequence would copy to the device (a copy that waits for the GPU).
+        descending = bool((lengths[:-1] >= lengths[1:]).all())
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=descending)
         outputs, _ = self.lstm(packed)
         outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=n_tokens)
         return outputs
@@ -320,6 +343,7 @@ class Decoder(nn.Module):
         self.defer_weight_grads = True
         # The loops on static buffers, replayed as CUDA graphs on a GPU (decoder_graphs.py).
         self.cuda_graphs = hp.cuda_graphs
+        self.attention_window = hp.attention_window
         self._static_loop: Optional[StaticDecoderLoop] = None
 
     # ------------------------------------------------------------------ per-batch preparation
@@ -337,7 +361,8 @@ class Decoder(nn.Module):
             The batch's `MemoryContext`.
         """
         attention = self.attention_layer
-        pad_mask = ~sequence_mask(text_lengths.to(memory.device), memory.shape[1]).unsqueeze(1)
+        lengths = text_lengths.to(memory.device, non_blocking=True)  # CPU lengths allowed
+        pad_mask = ~sequence_mask(lengths, memory.shape[1]).unsqueeze(1)
         score_dtype = torch.float64 if memory.dtype == torch.float64 else torch.float32
         rnn = self.attention_rnn
         # Context columns of W_ih next to W_hh: one product per step for [context | hidden].
@@ -558,6 +583,7 @@ class Decoder(nn.Module):
         n_mel, r = self.n_mel_channels, self.n_frames_per_step
         if self.cuda_graphs:
             ctx = self.memory_context(self.static_loop().pad_text(memory), text_lengths)
+            ctx = ctx._replace(attention_window=self.attention_window)
             frames, gates, weights, steps_taken, finished = self.static_loop().free_running(ctx)
             # (steps, B, ...) -> (B, steps, ...); text padding cut off again.
             out_frames, out_gates = frames.transpose(0, 1), gates.transpose(0, 1)
@@ -576,7 +602,8 @@ class Decoder(nn.Module):
         """The free-running loop step by step; (B, steps, ...) outputs, steps and finished."""
         b = memory.shape[0]
         n_mel = self.n_mel_channels
-        ctx = self.memory_context(memory, text_lengths)
+        ctx = self.memory_context(memory, text_lengths)._replace(
+            attention_window=self.attention_window)
         state = self.initial_state(memory)
         step = self.step_function()
         frame = memory.new_zeros(b, n_mel)  # the go frame
@@ -642,7 +669,8 @@ class Tacotron2(nn.Module):
 
         Args:
             text: Long (B, N) symbol ids, padded with any id.
-            text_lengths: Long (B,) in any order.
+            text_lengths: Long (B,) in any order, on text's device or on the CPU (see
+                `Encoder.forward`).
             mel: (B, n_mel, T) targets fed back as decoder inputs.
             mel_lengths: Long (B,) true frames.
 
@@ -666,7 +694,7 @@ class Tacotron2(nn.Module):
 
         Args:
             text: Long (B, N) symbol ids.
-            text_lengths: Long (B,).
+            text_lengths: Long (B,), on text's device or on the CPU (see `Encoder.forward`).
 
         Returns:
             `InferenceOutput`, padded beyond each `mel_lengths` (mel 0, gate 1e3, attention 0).

@@ -503,6 +503,7 @@ def train_step(model: torch.nn.Module, batch, criterion: Tacotron2Loss,
     as they were, and the caller's `DivergenceGuard` counts the step.
     """
     hp, device = run.hp, run.device
+    text_lengths = batch.text_lengths  # on the host: the encoder packs with them, no sync
     batch = batch.to(device, non_blocking=device.type != "cpu")  # pinned host memory on accelerators
     weight = guided_attention_weight(run.step, hp)
     optimizer.zero_grad(set_to_none=True)
@@ -510,7 +511,7 @@ def train_step(model: torch.nn.Module, batch, criterion: Tacotron2Loss,
     # (a few kB), so a non-finite batch leaves no trace in the model.
     buffers = [b.detach().clone() for b in model.buffers()]
     with autocast_context(hp.precision, device):
-        out = model(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths)
+        out = model(batch.text, text_lengths, batch.mel, batch.mel_lengths)
     parts = criterion(out, batch, weight)  # losses in float32, outside autocast
     values = torch.stack([p.detach().float() for p in parts])
     if run.world_size > 1:

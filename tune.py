@@ -966,6 +966,7 @@ def plot_curves(rows: Sequence[Dict[str, Any]], best: Dict[str, Any],
     ax.set_xlabel("training step")
     ax.set_ylabel("free-running diagonality")
     ax.set_ylim(0, 1.02)
+    ax.set_xlim(left=0)  # the objective's area starts at (0, 0)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)

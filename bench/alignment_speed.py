@@ -148,7 +148,9 @@ def prepare_festvox(args: argparse.Namespace, hp) -> List[str]:
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
             raise BenchError(f"prepare_dataset.py exited {proc.returncode}: {last}")
-        print(proc.stdout.strip(), flush=True)
+        # the summary without its list of skipped lines (they are in <out>/skipped.txt)
+        print("\n".join(line for line in proc.stdout.strip().splitlines()
+                        if not line.startswith("    ")), flush=True)
         with open(marker, "w", encoding="utf-8") as f:
             json.dump({"command": command}, f)
     return [f"training_files={os.path.join(out, 'train.txt')}",

@@ -280,17 +280,19 @@ def sampler_padding(profile: str, batch_size: int, n_items: int, hp: HParams,
 
 
 # ---------------------------------------------------------------------------------- timing
-class ReferenceLoop:
-    """Called like `Tacotron2` but decodes with the plain loop of tests/reference_decoder.py."""
+class ReferenceLoop(torch.nn.Module):
+    """Called like `Tacotron2` but decodes with the plain loop of tests/reference_decoder.py.
+
+    A module around the model, so that whatever `train_step` asks of a model (parameters,
+    buffers, train/eval) reaches the wrapped one.
+    """
 
     def __init__(self, model: Tacotron2):
+        super().__init__()
         self.model = model
 
-    def __call__(self, text, text_lengths, mel, mel_lengths):
+    def forward(self, text, text_lengths, mel, mel_lengths):
         return reference_forward(self.model, text, text_lengths, mel, mel_lengths)
-
-    def parameters(self):
-        return self.model.parameters()
 
 
 @dataclass

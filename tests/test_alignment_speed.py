@@ -36,8 +36,8 @@ def test_bench_on_a_filelist_prints_the_table_and_json(tmp_path):
     train, val = write_token_corpus(str(tmp_path / "corpus"), n_train=16, n_val=4)
     out = tmp_path / "bench"
     proc = _run("--preset", "tiny", "--training_files", train, "--validation_files", val,
-                "--hparams", "text_cleaners=[basic_cleaners]", "--max_steps", "10",
-                "--iters_per_validation", "5", "--threads", "1", "--output_dir", str(out))
+                "--hparams", "text_cleaners=[basic_cleaners]", "--max_steps", "6",
+                "--iters_per_validation", "3", "--threads", "1", "--output_dir", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     report = json.loads(lines[-1])
@@ -48,14 +48,14 @@ def test_bench_on_a_filelist_prints_the_table_and_json(tmp_path):
     head = next(i for i, line in enumerate(lines) if line.startswith("run "))
     assert lines[head].split()[:4] == ["run", "steps", "min", "TF>=0.3"]
     assert "target" in lines[head] and "FR stop ok" in lines[head]
-    assert [lines[head + 1].split()[:2], lines[head + 2].split()[:2]] == [["guided", "10"],
-                                                                          ["unguided", "10"]]
+    assert [lines[head + 1].split()[:2], lines[head + 2].split()[:2]] == [["guided", "6"],
+                                                                          ["unguided", "6"]]
     for name, result in results.items():
         # the figures are those of the run's own diagnostics.jsonl
         records = [json.loads(x) for x in
                    (out / "output" / name / "diagnostics.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in records] == [5, 10]
-        assert result["steps"] == 10 and result["validations"] == 2
+        assert [r["step"] for r in records] == [3, 6]
+        assert result["steps"] == 6 and result["validations"] == 2
         assert result["fr_items"] == 4  # every validation item decoded from its text
         assert result["final_tf_diagonal"] == records[-1]["metrics"]["diagonal_score"]
         free = records[-1]["free_running"]

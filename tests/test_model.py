@@ -22,8 +22,8 @@ from hparams import create_hparams  # noqa: E402
 from layers import ConvNorm, LinearNorm  # noqa: E402
 from loss_function import Tacotron2Loss  # noqa: E402
 from decoder_step import StepOutput  # noqa: E402
-from model import (DecoderInferenceOutput, DecoderOutput, DecoderState, Tacotron2,  # noqa: E402
-                   Tacotron2Output)
+from model import (Attention, DecoderInferenceOutput, DecoderOutput, DecoderState,  # noqa: E402
+                   Tacotron2, Tacotron2Output)
 from reference_decoder import reference_forward  # noqa: E402
 from text.symbols import get_symbols  # noqa: E402
 
@@ -494,6 +494,18 @@ def test_teacher_forced_and_free_running_agree(r):
     assert not torch.allclose(other.mel[:, :, r:], free.mel[:, :, r:])
 
 
+def _lively_model(hp, seed=3):
+    """A model with livelier dynamics and gate, whose items stop at different steps."""
+    model = seeded_model(hp, seed=seed).eval()
+    decoder = model.decoder
+    with torch.no_grad():
+        for weight in (decoder.attention_rnn.weight_ih, decoder.attention_rnn.weight_hh,
+                       decoder.decoder_rnn.weight_ih, decoder.decoder_rnn.weight_hh):
+            weight.mul_(3.0)
+        decoder.gate_layer.linear_layer.weight.mul_(5.0)
+    return model
+
+
 def _gate_trajectories(model, batch):
     """Per item, the max gate probability of each step, decoded alone without stopping."""
     r = model.n_frames_per_step
@@ -525,13 +537,7 @@ def _threshold_with_distinct_stops(trajectories):
 @pytest.mark.parametrize("r", [1, 2])
 def test_batched_inference_equals_items_alone(r):
     hp = tiny(f"p_prenet_dropout=0,n_frames_per_step={r},max_decoder_steps=25")
-    model = seeded_model(hp, seed=3).eval()
-    decoder = model.decoder
-    with torch.no_grad():  # livelier dynamics and gate, so that items stop at different steps
-        for weight in (decoder.attention_rnn.weight_ih, decoder.attention_rnn.weight_hh,
-                       decoder.decoder_rnn.weight_ih, decoder.decoder_rnn.weight_hh):
-            weight.mul_(3.0)
-        decoder.gate_layer.linear_layer.weight.mul_(5.0)
+    model = _lively_model(hp)
     batch = make_batch(hp, [9, 6, 3, 7], [5, 5, 5, 5], seed=5, extra_text=2)
     theta, stops, margin = _threshold_with_distinct_stops(_gate_trajectories(model, batch))
     assert len(set(stops)) >= 3 and margin > 1e-5, (stops, margin)  # the premise of the test
@@ -695,18 +701,6 @@ def test_static_loop_bf16_autocast_matches_eager_loop():
         assert float((a - b).abs().max()) <= 0.05 * scale, name
 
 
-def _lively_model(hp, seed=3):
-    """A model whose gate fires at different steps for different items."""
-    model = seeded_model(hp, seed=seed).eval()
-    decoder = model.decoder
-    with torch.no_grad():
-        for weight in (decoder.attention_rnn.weight_ih, decoder.attention_rnn.weight_hh,
-                       decoder.decoder_rnn.weight_ih, decoder.decoder_rnn.weight_hh):
-            weight.mul_(3.0)
-        decoder.gate_layer.linear_layer.weight.mul_(5.0)
-    return model
-
-
 @pytest.mark.parametrize("r, check_every", [(1, 4), (2, 3), (1, 1)])
 def test_static_free_running_equals_eager(r, check_every):
     """Items stop at different steps; reading the stop flags only every few steps changes
@@ -763,3 +757,34 @@ def test_compiled_step_in_static_loop_equals_eager():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     for (name, _), a, b in zip(model.named_parameters(), grads_compiled, grads_eager):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_attention_window_keeps_free_running_attention_monotonic():
+    """hp.attention_window: each free-running step attends within [focus - 1, focus + w] of the
+    previous step's focus; 0 leaves decoding as it was, and teacher forcing never uses it."""
+    text, lengths = torch.randint(1, 40, (2, 20)), torch.tensor([20, 15])
+    outputs = {}
+    for window in (0, 3):
+        hp = create_hparams(f"preset=tiny,attention_window={window}")
+        torch.manual_seed(0)
+        model = Tacotron2(hp).eval()
+        torch.manual_seed(1)
+        with torch.no_grad():
+            outputs[window] = model.inference(text, lengths)
+    def jumps(out):  # argmax moves between consecutive decoded steps of each item
+        steps = decoder_lengths(out.mel_lengths, 1).tolist()
+        return torch.cat([out.alignments[b, :steps[b]].argmax(-1).diff() for b in range(2)])
+
+    assert jumps(outputs[3]).max() <= 3 and jumps(outputs[3]).min() >= -1
+    previous = torch.zeros(2, 12)
+    previous[0, 5], previous[1, 0] = 1.0, 1.0  # focus on token 5, and on token 0
+    ctx = SimpleNamespace(attention_window=3)
+    outside = Attention.outside_window(previous, ctx).squeeze(1)
+    assert (~outside[0]).nonzero().flatten().tolist() == [4, 5, 6, 7, 8]
+    assert (~outside[1]).nonzero().flatten().tolist() == [0, 1, 2, 3]
+    torch.manual_seed(0)
+    plain = Tacotron2(create_hparams("preset=tiny")).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        again = plain.inference(text, lengths)
+    assert torch.equal(again.alignments, outputs[0].alignments)
