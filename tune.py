@@ -13,7 +13,7 @@ The first trial of a new study runs the plan's own values (hparams.py defaults p
 the study never recommends something worse than what you had. The study lives in
 OUTPUT/<study>.db (SQLite): run the same command again and it resumes; finished trials are never
 repeated. `optuna-dashboard sqlite:///OUTPUT/<study>.db` watches it live. docs/tuning.md explains
-the objective, the search space and the parallel modes.
+the objective, the search space (both in tuning.py) and the parallel modes.
 
 Exit status: 0 done (the table, PNG and the --hparams string are printed), 2 bad input (one line),
 130/143 when interrupted by SIGINT/SIGTERM (running trials are stopped after their checkpoint and
@@ -22,9 +22,6 @@ will be retried with the same settings on the next start).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import math
 import os
 import queue
 import re
@@ -34,10 +31,21 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
-from hparams import HParams, HParamsError, create_hparams, parse_overrides
+import optuna
+from optuna.trial import TrialState
+
+import plotting
+from hparams import HParamsError, create_hparams
+from tuning import (ALIGNED, Dimension, RecordFollower, UsageError, check_space,
+                    divergence_in_reports, format_value, join_hparams, parse_space, plan_values,
+                    score_records, suggest)
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, RUNNING trials are then left to the user
+    fcntl = None
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TRAIN_PY = os.path.join(ROOT, "train.py")
@@ -46,64 +54,8 @@ EXIT_BAD_INPUT = 2
 TRAIN_EXIT_BAD_INPUT = 2  # train.py's exit status for bad hparams / data / checkpoint
 TRAIN_EXIT_RED_FLAG = 3  # train.py's exit status when a red flag stopped the run
 
-# ----------------------------------------------------------------------------------- objective
-# The objective is the mean free-running diagonality over the trial's steps (the area under the
-# curve from (0, 0) to the last validation, divided by that step), plus small terms that order
-# trials the main term cannot tell apart. docs/tuning.md explains the choice.
-READING_WEIGHT = 0.1  # x mean free-running *reading* diagonality (the map cut where the text ends)
-NEAR_LENGTH_WEIGHT = 0.05  # x share of free-running items whose gate stopped within 20% of their length
-MEL_WEIGHT = 0.01  # x 1 / (1 + final teacher-forced postnet mel loss)
-ALIGNED = 0.7  # "aligned": the free-running diagonality the table reports the first step of
 POLL_SECONDS = 0.5  # how often a running trial's diagnostics.jsonl is read
 TERMINATE_WAIT_SECONDS = 180  # a trial stopped with SIGTERM saves a checkpoint first
-
-
-# ----------------------------------------------------------------------------------- search space
-@dataclass(frozen=True)
-class Dimension:
-    """One searched hparam: a float or int range (optionally log-scale) or a list of choices."""
-    name: str
-    kind: str  # "float" | "int" | "choice"
-    low: Optional[float] = None
-    high: Optional[float] = None
-    log: bool = False
-    choices: Tuple[Any, ...] = ()
-    why: str = ""
-
-    def describe(self) -> str:
-        if self.kind == "choice":
-            return "|".join(str(c) for c in self.choices)
-        return f"{_fmt(self.low)}:{_fmt(self.high)}" + (":log" if self.log else "")
-
-
-# The one place the search space is defined (docs/tuning.md shows the same table). Override any
-# row from the command line: --space "name=low:high[:log],name=a|b|c,name=off" or a JSON file.
-SEARCH_SPACE: Tuple[Dimension, ...] = (
-    Dimension("guide_loss_weight", "float", 0.5, 10.0, log=True,
-              why="strength of the diagonal prior; too weak does not align, too strong fights the data"),
-    Dimension("guide_sigma", "float", 0.05, 0.5, log=True,
-              why="width of the allowed band around the diagonal"),
-    Dimension("guide_scale", "float", 1.0, 20.0, log=True,
-              why="initial multiplier of the decaying guided weight"),
-    Dimension("guide_decay", "float", 0.999, 1.0,
-              why="per-step decay of that multiplier: 0.999 halves it in 700 steps, 1.0 never"),
-    Dimension("learning_rate", "float", 1e-4, 3e-3, log=True,
-              why="the usual first suspect"),
-    Dimension("p_attention_dropout", "float", 0.0, 0.3, why="attention RNN dropout"),
-    Dimension("p_decoder_dropout", "float", 0.0, 0.3, why="decoder RNN dropout"),
-    Dimension("p_encoder_dropout", "float", 0.0, 0.5, why="encoder convolution dropout"),
-    Dimension("p_postnet_dropout", "float", 0.0, 0.5, why="postnet dropout"),
-    Dimension("p_prenet_dropout", "float", 0.3, 0.6,
-              why="prenet dropout (on at inference too); it keeps the decoder listening to the text"),
-    Dimension("n_frames_per_step", "choice", choices=(1, 2, 3),
-              why="r: fewer decoder steps per utterance align faster"),
-    Dimension("gate_positive_weight", "float", 1.0, 10.0, log=True,
-              why="weight of the rare stop frames in the gate loss: stopping at the right length"),
-)
-
-
-class UsageError(Exception):
-    """A bad command-line input; main() prints it as one line and exits 2."""
 
 
 class TrialFailed(Exception):
@@ -112,332 +64,6 @@ class TrialFailed(Exception):
 
 class TrialInterrupted(Exception):
     """tune.py was asked to stop while the trial ran; the trial is requeued for the next start."""
-
-
-def _fmt(value: Any) -> str:
-    """Short, exact-enough text of a value: floats with 6 significant digits."""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def _hparam_type(name: str) -> type:
-    """The Python type of an hparam's default value; UsageError for unknown names."""
-    defaults = HParams()
-    if name not in {f.name for f in dataclasses.fields(HParams)}:
-        raise UsageError(f"--space: unknown hparam {name!r}; see hparams.py for the names")
-    return type(getattr(defaults, name))
-
-
-def _coerce(name: str, text: str) -> Any:
-    """A value from the command line converted to the hparam's type (hparams.py's rules)."""
-    try:
-        return parse_overrides(f"{name}={text}")[name]
-    except HParamsError as err:
-        raise UsageError(f"--space: {err}") from None
-
-
-def _dimension_from_text(name: str, text: str) -> Optional[Dimension]:
-    """"low:high", "low:high:log", "a|b|c" or "off" (None: not searched)."""
-    text = text.strip()
-    if text.lower() == "off":
-        return None
-    typ = _hparam_type(name)
-    if typ in (list, dict):
-        raise UsageError(f"--space: {name} is a list; only numbers, flags and words can be searched")
-    if ":" in text:
-        parts = [p.strip() for p in text.split(":")]
-        log = len(parts) == 3 and parts[2].lower() == "log"
-        if len(parts) not in (2, 3) or (len(parts) == 3 and not log):
-            raise UsageError(f"--space: bad range {name}={text}; expected low:high or low:high:log")
-        if typ not in (int, float):
-            raise UsageError(f"--space: {name} is not a number; give choices a|b|c")
-        low, high = _coerce(name, parts[0]), _coerce(name, parts[1])
-        return Dimension(name, "int" if typ is int else "float", low, high, log=log)
-    choices = tuple(_coerce(name, c.strip()) for c in text.split("|") if c.strip())
-    if not choices:
-        raise UsageError(f"--space: no values for {name}")
-    return Dimension(name, "choice", choices=choices)
-
-
-def _dimension_from_json(name: str, spec: Any) -> Optional[Dimension]:
-    """{"low": .., "high": .., "log": bool} or {"choices": [...]} or null (not searched)."""
-    if spec is None:
-        return None
-    if isinstance(spec, str):
-        return _dimension_from_text(name, spec)
-    if not isinstance(spec, dict):
-        raise UsageError(f"--space: {name}: expected an object with low/high or choices, or null")
-    if "choices" in spec:
-        if not isinstance(spec["choices"], list) or not spec["choices"]:
-            raise UsageError(f"--space: {name}: choices must be a non-empty list")
-        return _dimension_from_text(name, "|".join(str(c) for c in spec["choices"]))
-    if "low" not in spec or "high" not in spec:
-        raise UsageError(f"--space: {name}: give low and high, or choices")
-    text = f"{spec['low']}:{spec['high']}" + (":log" if spec.get("log") else "")
-    return _dimension_from_text(name, text)
-
-
-def parse_space(text: Optional[str], base: Sequence[Dimension] = SEARCH_SPACE) -> List[Dimension]:
-    """The search space: `base` with the overrides of --space applied, in table order.
-
-    Args:
-        text: "name=low:high[:log],name=a|b|c,name=off", or the path of a JSON file
-            {"name": {"low": 0.1, "high": 1, "log": true} | {"choices": [1, 2]} | null}.
-            A name not in the table is added; "off" / null removes a row.
-    """
-    space: Dict[str, Optional[Dimension]] = {d.name: d for d in base}
-    if not text or not text.strip():
-        return [d for d in space.values() if d is not None]
-    if text.strip().endswith(".json") or os.path.isfile(text):
-        try:
-            with open(text, encoding="utf-8") as f:
-                spec = json.load(f)
-        except (OSError, ValueError) as err:
-            raise UsageError(f"--space: cannot read {text}: {err}") from None
-        if not isinstance(spec, dict):
-            raise UsageError(f"--space: {text} must hold a JSON object of name: range")
-        for name, value in spec.items():
-            _hparam_type(name)
-            space[name] = _dimension_from_json(name, value)
-    else:
-        for pair in (p.strip() for p in text.split(",")):
-            if not pair:
-                continue
-            if "=" not in pair:
-                raise UsageError(f"--space: bad entry {pair!r}; expected name=low:high, "
-                                 f"name=low:high:log, name=a|b|c or name=off")
-            name, value = (s.strip() for s in pair.split("=", 1))
-            _hparam_type(name)
-            space[name] = _dimension_from_text(name, value)
-    dims = [d for d in space.values() if d is not None]
-    for d in dims:
-        if d.kind != "choice":
-            if not d.low < d.high:
-                raise UsageError(f"--space: {d.name}: low {_fmt(d.low)} must be below high "
-                                 f"{_fmt(d.high)} (give one choice to fix a value)")
-            if d.log and d.low <= 0:
-                raise UsageError(f"--space: {d.name}: a log-scale range needs low > 0")
-    return dims
-
-
-def check_space(space: Sequence[Dimension], base_hparams: str) -> Tuple[List[Dimension], List[str]]:
-    """Checks every bound and choice against hparams.py and includes the plan's values.
-
-    The first trial runs the plan's values, so a range that misses them is widened (and a choice
-    list extended) to contain them; each such change is returned as a notice.
-    Returns:
-        (the space to search, notices)
-    """
-    plan = create_hparams(base_hparams)
-    checked, notices = [], []
-    for d in space:
-        values = list(d.choices) if d.kind == "choice" else [d.low, d.high]
-        for value in values:
-            try:  # values are already of the field's type; replace() runs hparams.py's checks
-                plan.replace(**{d.name: value})
-            except HParamsError as err:
-                raise UsageError(f"--space: {d.name}={_fmt(value)} is not a valid setting: {err}")
-        current = getattr(plan, d.name)
-        if d.kind == "choice":
-            if current not in d.choices:
-                notices.append(f"{d.name}: the plan's value {_fmt(current)} added to the choices")
-                d = dataclasses.replace(d, choices=(current,) + tuple(d.choices))
-        elif not d.low <= current <= d.high:
-            if d.log and current <= 0:
-                raise UsageError(f"--space: {d.name}: the plan's value {_fmt(current)} cannot lie "
-                                 f"on a log scale; give a linear range (e.g. {d.name}=0:{_fmt(d.high)})")
-            low, high = min(d.low, current), max(d.high, current)
-            notices.append(f"{d.name}: range {d.describe()} widened to contain the plan's value "
-                           f"{_fmt(current)}")
-            d = dataclasses.replace(d, low=type(d.low)(low), high=type(d.high)(high))
-        checked.append(d)
-    return checked, notices
-
-
-def join_hparams(base: str, params: Dict[str, Any]) -> str:
-    """The --hparams string of a trial: the base overrides, then the trial's values."""
-    parts = [base.strip().strip(",")] if base and base.strip().strip(",") else []
-    parts += [f"{name}={_fmt(value)}" for name, value in params.items()]
-    return ",".join(parts)
-
-
-def plan_values(space: Sequence[Dimension], base_hparams: str) -> Dict[str, Any]:
-    """The values of the searched hparams in the user's plan (defaults + preset + --hparams)."""
-    plan = create_hparams(base_hparams)
-    return {d.name: getattr(plan, d.name) for d in space}
-
-
-def suggest(trial: Any, space: Sequence[Dimension]) -> Dict[str, Any]:
-    """The trial's values, rounded to 6 significant digits so the printed string is what ran."""
-    params: Dict[str, Any] = {}
-    for d in space:
-        if d.kind == "choice":
-            params[d.name] = trial.suggest_categorical(d.name, list(d.choices))
-        elif d.kind == "int":
-            params[d.name] = trial.suggest_int(d.name, int(d.low), int(d.high), log=d.log)
-        else:
-            value = trial.suggest_float(d.name, float(d.low), float(d.high), log=d.log)
-            params[d.name] = float(_fmt(float(value)))
-    return params
-
-
-# ----------------------------------------------------------------------------------- scoring
-@dataclass
-class Score:
-    """What a trial's diagnostics.jsonl says so far."""
-    value: Optional[float] = None  # the objective if the trial ended at `step`
-    step: int = 0  # the last validation with free-running decoding
-    mean_diagonality: float = 0.0  # area under the free-running diagonality curve / step
-    mean_reading: float = 0.0  # the same for the reading diagonality
-    last_diagonality: Optional[float] = None
-    near_length_share: float = 0.0
-    mel_loss: Optional[float] = None
-    aligned_step: Optional[int] = None  # first step with free-running diagonality >= ALIGNED
-    curve: List[Tuple[int, float, float]] = field(default_factory=list)  # (step, diag, reading)
-    diverged: Optional[str] = None  # why the run counts as diverged, or None
-    red_flags: List[str] = field(default_factory=list)  # names of the last record's red flags
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _mean_under_curve(points: Sequence[Tuple[int, float]]) -> float:
-    """Area under (0, 0), (step, value)... by trapezoids, divided by the last step."""
-    area, prev_step, prev_value = 0.0, 0, 0.0
-    for step, value in points:
-        area += (step - prev_step) * (prev_value + value) / 2.0
-        prev_step, prev_value = step, value
-    return area / prev_step if prev_step else 0.0
-
-
-def _divergence(record: Dict[str, Any]) -> Optional[str]:
-    """Why this validation record shows a diverged run, or None."""
-    step = record.get("step", "?")
-    losses = record.get("losses") or {}
-    bad = sorted(k for k, v in losses.items() if not _finite(v))
-    if bad:
-        return f"non-finite {', '.join(bad)} loss at step {step}"
-    if any("divergence" in (str(f.get("name")), str(f.get("id")))
-           for f in record.get("red_flags") or []):
-        return f"red flag divergence at step {step}"
-    free = record.get("free_running") or {}
-    for where, counts in (("teacher-forced", record.get("failure_counts")),
-                          ("free-running", free.get("failure_counts"))):
-        broken = (counts or {}).get("non_finite", 0)
-        if _finite(broken) and broken > 0:
-            return f"non-finite {where} attention in {int(broken)} item(s) at step {step}"
-    for key in ("diagonal_score", "reading_diagonal_score"):
-        if key in free and not _finite(free[key]):
-            return f"non-finite free-running {key} at step {step}"
-    return None
-
-
-def score_records(records: Sequence[Dict[str, Any]]) -> Score:
-    """The objective from a run's validation records (diagnostics.jsonl, in order).
-
-    value = mean free-running diagonality over [0, step]            (trapezoids from (0, 0))
-            + READING_WEIGHT * the same for the reading diagonality
-            + NEAR_LENGTH_WEIGHT * share of items stopping near their length (last record)
-            + MEL_WEIGHT / (1 + postnet mel loss)                           (last record)
-    The reading diagonality (`reading_diagonal_score`: the map cut where the text was read) is
-    taken as the whole-map diagonality in records of trainers that do not write it.
-    A record with a non-finite loss, diagonality or attention map (`failure_counts.non_finite`),
-    or a red flag named "divergence", marks the run diverged. Records without free-running
-    results (free_running_every > 1) add no point to the curve.
-    """
-    score = Score()
-    for record in records:
-        step = int(record.get("step", 0))
-        score.red_flags = [str(f.get("name", f.get("id", "?")))
-                           for f in record.get("red_flags") or []]
-        if score.diverged is None:
-            score.diverged = _divergence(record)
-        free = record.get("free_running")
-        if not free or not _finite(free.get("diagonal_score")):
-            continue
-        if score.curve and step <= score.curve[-1][0]:
-            continue  # a repeated step adds no area
-        diag = float(free["diagonal_score"])
-        reading = free.get("reading_diagonal_score", diag)
-        reading = float(reading) if _finite(reading) else diag
-        score.curve.append((step, diag, reading))
-        score.step, score.last_diagonality = step, diag
-        near = free.get("near_length_share")
-        score.near_length_share = float(near) if _finite(near) else 0.0
-        losses = record.get("losses") or {}
-        mel = losses.get("mel_postnet", losses.get("mel"))
-        score.mel_loss = float(mel) if _finite(mel) else None
-        if score.aligned_step is None and diag >= ALIGNED:
-            score.aligned_step = step
-    if score.curve:
-        score.mean_diagonality = _mean_under_curve([(s, d) for s, d, _ in score.curve])
-        score.mean_reading = _mean_under_curve([(s, r) for s, _, r in score.curve])
-        mel_term = MEL_WEIGHT / (1.0 + score.mel_loss) if score.mel_loss is not None else 0.0
-        score.value = (score.mean_diagonality + READING_WEIGHT * score.mean_reading
-                       + NEAR_LENGTH_WEIGHT * score.near_length_share + mel_term)
-    return score
-
-
-class RecordFollower:
-    """Reads the records train.py appends to a diagnostics.jsonl, as they are written.
-
-    train.py appends whole lines, but after a divergence rollback it rewrites the file without the
-    records newer than the step it rolled back to (a new file renamed over the old one): then the
-    follower starts again from the top and says so.
-    """
-
-    def __init__(self, path: str):
-        self.path = path
-        self.offset = 0
-        self.inode: Optional[int] = None
-
-    def poll(self) -> Tuple[List[Dict[str, Any]], bool]:
-        """(records completed since the last poll, whether the file was rewritten: then the
-        records are the whole file's)."""
-        try:
-            f = open(self.path, "rb")
-        except FileNotFoundError:
-            return [], False
-        with f:
-            st = os.fstat(f.fileno())
-            rewritten = self.inode is not None and (st.st_ino != self.inode
-                                                    or st.st_size < self.offset)
-            if rewritten:
-                self.offset = 0
-            self.inode = st.st_ino
-            f.seek(self.offset)
-            data = f.read()
-        end = data.rfind(b"\n")
-        if end < 0:
-            return [], rewritten  # a line being written
-        self.offset += end + 1
-        records = []
-        for line in data[:end].splitlines():
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    continue  # a torn line of a killed trainer: not a record
-        return records, rewritten
-
-
-def divergence_in_reports(run_dir: str) -> Optional[str]:
-    """A red_flag_report_step_N.txt that names a divergence flag, as a short reason."""
-    try:
-        names = sorted(n for n in os.listdir(run_dir) if n.startswith("red_flag_report_step_"))
-    except OSError:
-        return None
-    for name in names:
-        try:
-            with open(os.path.join(run_dir, name), encoding="utf-8", errors="replace") as f:
-                text = f.read()
-        except OSError:
-            continue
-        if re.search(r"\bdivergence\b", text, re.IGNORECASE):
-            return f"red flag divergence ({name})"
-    return None
 
 
 def last_line(path: str) -> str:
@@ -479,8 +105,6 @@ class TrialRunner:
         self._requeue_lock = threading.Lock()
 
     def __call__(self, trial: Any) -> float:
-        import optuna
-
         if self.stop.is_set():
             trial.study.stop()
             trial.set_user_attr("outcome", "not started")
@@ -722,7 +346,7 @@ def check_devices(text: Optional[str]) -> List[str]:
     devices = [d.strip() for d in text.split(",") if d.strip()]
     if not devices:
         raise UsageError("--devices: name at least one device")
-    import torch
+    import torch  # here, not at the top: seconds to import, and only --devices needs it
 
     for d in devices:
         try:
@@ -758,8 +382,6 @@ def check_folder(folder: str) -> None:
 
 def make_pruner(args: argparse.Namespace) -> Any:
     """Optuna's own pruners; warm-up and startup counts keep early noise from pruning."""
-    import optuna
-
     warmup = args.prune_warmup if args.prune_warmup is not None else args.steps // 4
     if args.pruner == "none":
         return optuna.pruners.NopPruner()
@@ -778,8 +400,6 @@ def open_storage(args: argparse.Namespace) -> Tuple[Any, bool]:
     shared by several machines: Optuna's heartbeat then fails a trial whose process stopped
     beating, and RetryFailedTrialCallback queues it again.
     """
-    import optuna
-
     if args.storage:
         url = args.storage
         # Optuna 4.9 renamed the retry callback and its argument; older releases know the old names
@@ -806,9 +426,7 @@ def open_storage(args: argparse.Namespace) -> Tuple[Any, bool]:
 
 def lock_study(args: argparse.Namespace) -> Any:
     """An exclusive lock next to the default SQLite study; held until the process ends."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, RUNNING trials are then left to the user
+    if fcntl is None:  # not POSIX: no lock, RUNNING trials are then left to the user
         return None
     path = os.path.join(args.output_directory, f"{args.study}.db.lock")
     handle = open(path, "a+", encoding="utf-8")
@@ -823,8 +441,6 @@ def lock_study(args: argparse.Namespace) -> Any:
 
 def counts_as_done(trial: Any) -> bool:
     """A trial that used its turn: complete, pruned, or failed on its own (not interrupted)."""
-    from optuna.trial import TrialState
-
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return trial.state == TrialState.FAIL and trial.user_attrs.get("outcome") == "failed"
@@ -837,9 +453,6 @@ def prepare_study(args: argparse.Namespace, space: Sequence[Dimension], storage:
     Returns:
         (study, notices)
     """
-    import optuna
-    from optuna.trial import TrialState
-
     notices: List[str] = []
     study = optuna.create_study(storage=storage, study_name=args.study, direction="maximize",
                                 load_if_exists=True)
@@ -929,7 +542,8 @@ def format_comparison(best: Dict[str, Any], first: Optional[Dict[str, Any]]) -> 
     plan = first["params"] if first else {}
     for name, value in best["params"].items():
         mark = "" if plan.get(name) == value else " *"
-        lines.append(f"| {name} | {_fmt(plan.get(name, '-'))} | {_fmt(value)}{mark} |")
+        lines.append(f"| {name} | {format_value(plan.get(name, '-'))} | "
+                     f"{format_value(value)}{mark} |")
     return "\n".join(lines)
 
 
@@ -937,11 +551,7 @@ def plot_curves(rows: Sequence[Dict[str, Any]], best: Dict[str, Any],
                 first: Optional[Dict[str, Any]], path: str, title: str) -> str:
     """PNG: free-running diagonality (solid) and reading diagonality (dashed) against step, the
     best trial beside the first (the plan's values); the other trials faint."""
-    import matplotlib
-    matplotlib.use("Agg")  # no display on training servers
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 4.5))
+    fig, canvas = plotting.new_figure(8, 4.5)
     ax = fig.add_subplot(1, 1, 1)
     highlighted = {best["number"]} | ({first["number"]} if first else set())
     for r in rows:
@@ -971,8 +581,7 @@ def plot_curves(rows: Sequence[Dict[str, Any]], best: Dict[str, Any],
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return plotting.save_png(canvas, path)
 
 
 def summarize(study: Any, args: argparse.Namespace, seconds: float) -> str:
@@ -1004,11 +613,6 @@ def summarize(study: Any, args: argparse.Namespace, seconds: float) -> str:
 # ----------------------------------------------------------------------------------- main
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        import optuna
-    except ImportError:
-        print("error: tune.py needs Optuna: pip install 'optuna>=3.4'", file=sys.stderr)
-        return EXIT_BAD_INPUT
     # tune.py prints one line per trial; Optuna's own INFO lines and experimental-API warnings
     # would drown them
     optuna.logging.set_verbosity(optuna.logging.WARNING)

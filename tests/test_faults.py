@@ -105,15 +105,22 @@ def test_the_watch_sees_a_temporary_file_come_and_go(tmp_path):
 
 
 def test_kill_plans_cover_each_kind_and_repeat_with_the_seed():
-    ref = faults.Reference(wall=20.0)
     import random
+    ref = faults.Reference(wall=20.0)
     targets = ["random"] + list(faults.TARGETED)
-    plans = faults.plan_kills(10, random.Random(0), ref, targets)
+    n = len(faults.KILL_CYCLE)
+    plans = faults.plan_kills(n, random.Random(0), ref, targets)
     assert [p.kind for p in plans] == list(faults.KILL_CYCLE)
-    again = faults.plan_kills(10, random.Random(0), ref, targets)
-    assert [(p.at_seconds, p.occurrence) for p in plans] == [(p.at_seconds, p.occurrence)
-                                                             for p in again]
-    assert all(5.0 <= p.at_seconds <= 19.0 for p in plans if p.kind == "random")
+    assert set(faults.KILL_CYCLE) == set(targets)
+    again = faults.plan_kills(n, random.Random(0), ref, targets)
+    assert [(p.anchor_step, p.at_seconds, p.occurrence) for p in plans] == \
+        [(p.anchor_step, p.at_seconds, p.occurrence) for p in again]
+    randoms = [p for p in plans if p.kind == "random"]
+    assert all(0 <= p.anchor_step < faults.KILL_STEPS and 0 <= p.at_seconds <= 2 for p in randoms)
+    default = faults.parse_args([]).targets
+    assert [p.kind for p in faults.plan_kills(10, random.Random(0), ref, default)] == [
+        "checkpoint", "random", "snapshot", "random", "checkpoint", "random", "snapshot",
+        "random", "hparams", "random"]
 
 
 @pytest.mark.slow

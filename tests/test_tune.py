@@ -6,7 +6,6 @@ retries trial 1's settings as trial 2 and prunes it.
 """
 import argparse
 import json
-import math
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import optuna
 import pytest
 
 import tune
+import tuning
 from hparams import create_hparams
 from synthetic import write_token_corpus
 
@@ -43,12 +43,12 @@ def _record(step, diag=None, near=0.0, mel=1.0, flags=(), loss=1.0, reading=None
 
 # ------------------------------------------------------------------------------- search space
 def test_space_table_and_overrides(tmp_path):
-    names = [d.name for d in tune.SEARCH_SPACE]
+    names = [d.name for d in tuning.SEARCH_SPACE]
     for name in ("guide_loss_weight", "guide_sigma", "guide_scale", "guide_decay",
                  "learning_rate", "p_attention_dropout", "p_decoder_dropout",
                  "n_frames_per_step", "gate_positive_weight"):
         assert name in names
-    space = {d.name: d for d in tune.parse_space(
+    space = {d.name: d for d in tuning.parse_space(
         "guide_sigma=0.1:0.3,learning_rate=1e-4:1e-2:log,n_frames_per_step=2|3,"
         "p_prenet_dropout=off,batch_size=8:32")}
     assert (space["guide_sigma"].low, space["guide_sigma"].high, space["guide_sigma"].log) == \
@@ -61,7 +61,7 @@ def test_space_table_and_overrides(tmp_path):
     spec.write_text(json.dumps({"guide_scale": {"low": 2, "high": 4, "log": True},
                                 "n_frames_per_step": {"choices": [1, 3]},
                                 "guide_decay": None}))
-    space = {d.name: d for d in tune.parse_space(str(spec))}
+    space = {d.name: d for d in tuning.parse_space(str(spec))}
     assert space["guide_scale"].log and space["guide_scale"].low == 2.0
     assert space["n_frames_per_step"].choices == (1, 3) and "guide_decay" not in space
 
@@ -76,25 +76,25 @@ def test_space_table_and_overrides(tmp_path):
     ("guide_sigma=1:2:cubic", "low:high:log"),
 ])
 def test_space_errors(text, words):
-    with pytest.raises(tune.UsageError, match=words):
-        tune.parse_space(text)
+    with pytest.raises(tuning.UsageError, match=words):
+        tuning.parse_space(text)
 
 
 def test_space_contains_the_plan_and_valid_settings():
-    space, notices = tune.check_space(
-        tune.parse_space("guide_loss_weight=3:8:log,n_frames_per_step=2|3"), "preset=demo")
+    space, notices = tuning.check_space(
+        tuning.parse_space("guide_loss_weight=3:8:log,n_frames_per_step=2|3"), "preset=demo")
     space = {d.name: d for d in space}
     # the demo plan: guide_loss_weight 2.0 (widened into the range), n_frames_per_step 3 (a choice)
     assert space["guide_loss_weight"].low == 2.0 and space["guide_loss_weight"].high == 8.0
     assert space["n_frames_per_step"].choices == (2, 3)
     assert any("guide_loss_weight" in n for n in notices)
-    space, _ = tune.check_space(tune.parse_space("n_frames_per_step=2|3"), "")
+    space, _ = tuning.check_space(tuning.parse_space("n_frames_per_step=2|3"), "")
     assert {d.name: d for d in space}["n_frames_per_step"].choices == (1, 2, 3)
-    with pytest.raises(tune.UsageError, match="p_attention_dropout=1.5"):
-        tune.check_space(tune.parse_space("p_attention_dropout=0:1.5"), "")
-    plan = tune.plan_values(tune.SEARCH_SPACE, "preset=demo")
+    with pytest.raises(tuning.UsageError, match="p_attention_dropout=1.5"):
+        tuning.check_space(tuning.parse_space("p_attention_dropout=0:1.5"), "")
+    plan = tuning.plan_values(tuning.SEARCH_SPACE, "preset=demo")
     assert plan["n_frames_per_step"] == 3 and plan["guide_sigma"] == 0.2
-    text = tune.join_hparams("preset=demo,", {"guide_sigma": 0.123456789, "n_frames_per_step": 2})
+    text = tuning.join_hparams("preset=demo,", {"guide_sigma": 0.123456789, "n_frames_per_step": 2})
     assert text == "preset=demo,guide_sigma=0.123457,n_frames_per_step=2"
     assert create_hparams(text).guide_sigma == 0.123457
 
@@ -102,56 +102,56 @@ def test_space_contains_the_plan_and_valid_settings():
 # ------------------------------------------------------------------------------- objective
 def test_score_area_aligned_step_and_tie_breakers():
     records = [_record(100, 0.2), _record(200, 0.8, near=0.5, mel=1.0), _record(300, 0.6)]
-    score = tune.score_records(records)
+    score = tuning.score_records(records)
     # trapezoids from (0, 0): 100*0.1 + 100*0.5 + 100*0.7 = 130 over 300 steps
     assert score.mean_diagonality == pytest.approx(130 / 300)
     assert score.aligned_step == 200 and score.step == 300 and score.last_diagonality == 0.6
     # records without a reading diagonality (older trainers): the whole-map one stands in
     assert score.mean_reading == pytest.approx(130 / 300)
-    assert score.value == pytest.approx(130 / 300 * (1 + tune.READING_WEIGHT) + tune.MEL_WEIGHT / 2)
-    late = tune.score_records([_record(100, 0.0), _record(200, 0.2), _record(300, 0.8)])
+    assert score.value == pytest.approx(130 / 300 * (1 + tuning.READING_WEIGHT) + tuning.MEL_WEIGHT / 2)
+    late = tuning.score_records([_record(100, 0.0), _record(200, 0.2), _record(300, 0.8)])
     assert late.value < score.value  # aligning later scores lower, even with a higher end
-    tied = tune.score_records([_record(100, 0.2), _record(200, 0.8, near=1.0), _record(300, 0.6,
+    tied = tuning.score_records([_record(100, 0.2), _record(200, 0.8, near=1.0), _record(300, 0.6,
                                                                                   near=1.0)])
-    assert tied.value == pytest.approx(score.value + tune.NEAR_LENGTH_WEIGHT)
+    assert tied.value == pytest.approx(score.value + tuning.NEAR_LENGTH_WEIGHT)
     # a validation without free-running decoding adds no point; it still counts for divergence
-    assert tune.score_records([_record(100, None), _record(200, 0.4)]).curve == [(200, 0.4, 0.4)]
-    assert tune.score_records([_record(100, None)]).value is None
+    assert tuning.score_records([_record(100, None), _record(200, 0.4)]).curve == [(200, 0.4, 0.4)]
+    assert tuning.score_records([_record(100, None)]).value is None
 
 
 def test_reading_orders_trials_before_the_gate_stops_them():
     """Before the gate learns to stop, the whole-map score is 0 for everyone; reading tells them
     apart, and a trial that reads and stops beats any that only reads."""
-    reads = tune.score_records([_record(50, 0.0, reading=0.6), _record(100, 0.0, reading=1.0)])
-    lost = tune.score_records([_record(50, 0.0, reading=0.1), _record(100, 0.0, reading=0.2)])
-    stops = tune.score_records([_record(50, 0.1, reading=0.6), _record(100, 0.5, reading=1.0)])
+    reads = tuning.score_records([_record(50, 0.0, reading=0.6), _record(100, 0.0, reading=1.0)])
+    lost = tuning.score_records([_record(50, 0.0, reading=0.1), _record(100, 0.0, reading=0.2)])
+    stops = tuning.score_records([_record(50, 0.1, reading=0.6), _record(100, 0.5, reading=1.0)])
     assert reads.mean_diagonality == 0.0 and reads.mean_reading == pytest.approx(0.55)
     assert lost.value < reads.value < stops.value
     assert reads.curve == [(50, 0.0, 0.6), (100, 0.0, 1.0)]
-    assert reads.value <= tune.READING_WEIGHT + tune.NEAR_LENGTH_WEIGHT + tune.MEL_WEIGHT
+    assert reads.value <= tuning.READING_WEIGHT + tuning.NEAR_LENGTH_WEIGHT + tuning.MEL_WEIGHT
 
 
 def test_score_divergence():
-    nan_loss = tune.score_records([_record(100, 0.3), _record(200, 0.4, loss=float("nan"))])
+    nan_loss = tuning.score_records([_record(100, 0.3), _record(200, 0.4, loss=float("nan"))])
     assert "non-finite total loss at step 200" in nan_loss.diverged
-    flagged = tune.score_records([_record(100, 0.3, flags=[{"id": 5, "name": "divergence",
+    flagged = tuning.score_records([_record(100, 0.3, flags=[{"id": 5, "name": "divergence",
                                                              "message": "loss exploded"}])])
     assert "divergence" in flagged.diverged
-    other = tune.score_records([_record(100, 0.3, flags=[{"id": 1, "name": "low_diagonality",
+    other = tuning.score_records([_record(100, 0.3, flags=[{"id": 1, "name": "low_diagonality",
                                                            "message": "x"}])])
     assert other.diverged is None and other.red_flags == ["low_diagonality"]
-    assert tune.score_records([_record(100, float("inf"))]).diverged
+    assert tuning.score_records([_record(100, float("inf"))]).diverged
     broken = _record(100, 0.3)
     broken["free_running"]["failure_counts"] = {"non_finite": 2, "stuck": 0}
-    assert "non-finite free-running attention in 2 item(s)" in tune.score_records([broken]).diverged
+    assert "non-finite free-running attention in 2 item(s)" in tuning.score_records([broken]).diverged
     healthy = _record(100, 0.3)
     healthy["failure_counts"] = {"non_finite": 0, "stuck": 3}
-    assert tune.score_records([healthy]).diverged is None
+    assert tuning.score_records([healthy]).diverged is None
 
 
 def test_follower_reads_whole_lines_and_follows_a_rewrite(tmp_path):
     path = tmp_path / "diagnostics.jsonl"
-    follower = tune.RecordFollower(str(path))
+    follower = tuning.RecordFollower(str(path))
     assert follower.poll() == ([], False)
     path.write_text(json.dumps({"step": 1}) + "\n" + '{"step": ')
     assert follower.poll() == ([{"step": 1}], False)
@@ -172,7 +172,7 @@ def test_follower_reads_whole_lines_and_follows_a_rewrite(tmp_path):
 def _runner():
     args = argparse.Namespace(hparams="preset=tiny", steps=STEPS, output_directory="o",
                               log_directory="l", tensorboard_directory="r", threads=1)
-    return tune.TrialRunner(args, tune.SEARCH_SPACE, tune.DevicePool([None]), threading.Event())
+    return tune.TrialRunner(args, tuning.SEARCH_SPACE, tune.DevicePool([None]), threading.Event())
 
 
 def test_exit_status_and_records_decide_the_outcome(tmp_path):
@@ -190,7 +190,7 @@ def test_exit_status_and_records_decide_the_outcome(tmp_path):
             return err, trial
 
     value, _ = judge(0, good)
-    assert value == pytest.approx(tune.score_records(good).value)
+    assert value == pytest.approx(tuning.score_records(good).value)
     err, trial = judge(3, good + [_record(6, 0.1, flags=[{"id": 1, "name": "low_diagonality"}])])
     assert isinstance(err, optuna.TrialPruned) and "red flag" in trial.user_attrs["note"]
     err, trial = judge(2, [])
@@ -214,15 +214,15 @@ def test_trial_left_running_is_failed_and_queued_again(tmp_path):
     args = tune.parse_args(["--output_directory", str(tmp_path), "--hparams", "preset=tiny",
                             "--steps", "10", "--study", "s"])
     storage, private = tune.open_storage(args)
-    study, _ = tune.prepare_study(args, tune.SEARCH_SPACE, storage, private)
+    study, _ = tune.prepare_study(args, tuning.SEARCH_SPACE, storage, private)
     assert len(study.trials) == 1 and study.trials[0].state.name == "WAITING"
     trial = study.ask()  # the plan's values, as tune.py runs them; this one finishes
-    tune.suggest(trial, tune.SEARCH_SPACE)
+    tuning.suggest(trial, tuning.SEARCH_SPACE)
     trial.set_user_attr("outcome", "complete")
     study.tell(trial, 0.5)
     running = study.ask()  # this one's tune.py is "killed": never told
-    tune.suggest(running, tune.SEARCH_SPACE)
-    study, notices = tune.prepare_study(args, tune.SEARCH_SPACE, storage, private)
+    tuning.suggest(running, tuning.SEARCH_SPACE)
+    study, notices = tune.prepare_study(args, tuning.SEARCH_SPACE, storage, private)
     states = [t.state.name for t in study.trials]
     assert states == ["COMPLETE", "FAIL", "WAITING"], states
     retry = study.trials[2]
@@ -288,7 +288,7 @@ def test_unusable_output_folder_and_changed_resume(tmp_path, capsys):
                             "--steps", "10"])
     tune.check_folder(args.output_directory)
     storage, private = tune.open_storage(args)
-    tune.prepare_study(args, tune.SEARCH_SPACE, storage, private)
+    tune.prepare_study(args, tuning.SEARCH_SPACE, storage, private)
     del storage
     assert tune.main(["--output_directory", str(tmp_path / "o"), "--log_directory",
                       str(tmp_path / "l"), "--tensorboard_directory", str(tmp_path / "r"),
@@ -363,7 +363,7 @@ def test_study_file_trial_folders_and_logs(study_run):
     assert [r["step"] for r in records] == [2, 4]
     trial0 = study_run["study"].trials[0]
     assert sorted(trial0.intermediate_values) == [2, 4]  # one report per validation
-    assert trial0.value == pytest.approx(tune.score_records(records).value)
+    assert trial0.value == pytest.approx(tuning.score_records(records).value)
     assert "p_prenet_dropout" not in trial0.params  # --space removed it
     assert trial0.distributions["guide_sigma"].low == 0.1
 
