@@ -105,7 +105,7 @@ def log_training(logger: TrainLogger, step: int, losses: Dict[str, float], guide
     `validation.loss`), and every other scalar follows the same `group.name` scheme.
     """
     logger.info(
-        f"step {step}: loss {loss_parts_line(losses, guided_weight)}; lr {learning_rate:.3g} "
+        f"step {step}: total {loss_parts_line(losses, guided_weight)}; lr {learning_rate:.3g} "
         f"grad_norm {grad_norm:.3f} {seconds:.2f} s/step"
         + (f"; {skipped_steps} non-finite steps skipped so far" if skipped_steps else ""))
     logger.scalars({

@@ -129,7 +129,7 @@ class ProcResult:
 # a single-threaded process, so forking it is safe). The child runs the script itself with
 # runpy, as `python SCRIPT ARGS` would: same argv, same __main__, same exit status (a SIGKILL
 # reads -9), output to its own files. --spawn exec starts real `python SCRIPT` processes instead.
-_FORK_PRELOAD = ["train", "alignment_diagnostics", "check_data", "librosa.filters",
+_FORK_PRELOAD = ["train", "alignment_diagnostics", "check_data", "librosa.filters", "torch._dynamo",
                  "torch.utils.tensorboard", "matplotlib.pyplot"]
 _mp_context = None
 _mp_lock = threading.Lock()
@@ -176,6 +176,11 @@ class ForkedProcess:
         import multiprocessing
         with _mp_lock:
             if _mp_context is None:
+                # the server imports the preload by name; Python 3.11's forkserver does not pass
+                # on sys.path (only the environment), so the repository goes in PYTHONPATH
+                paths = [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                  if p and p != ROOT]
+                os.environ["PYTHONPATH"] = os.pathsep.join(paths)
                 _mp_context = multiprocessing.get_context("forkserver")
                 _mp_context.set_forkserver_preload(_FORK_PRELOAD)
             self.process = _mp_context.Process(target=_child_main,
@@ -753,8 +758,8 @@ def plan_kills(n: int, rng: random.Random, ref: Reference, targets: List[str]
             plan.occurrence = rng.randint(1, OCCURRENCES[kind])
             # somewhere in the first half of a write as long as on the reference run; at once
             # for writes of a few milliseconds (the watch's own reaction takes part of it)
-            window = ref.window(kind)
-            plan.delay = rng.uniform(0.0, 0.5 * window) if window > 0.005 else 0.0
+            share, window = rng.uniform(0.0, 0.5), ref.window(kind)
+            plan.delay = share * window if window > 0.005 else 0.0
         plans.append(plan)
     return plans
 
@@ -1288,9 +1293,10 @@ def text_strategy():
     pieces = st.sampled_from([
         "1", "1,000", "3.14", "$5.50", "\u00a33", "1st", "22nd", "1990s", "10:30", "-7", "#1",
         "Mr.", "Dr.", "St.", "{HH AH0}", "{hh ah0 l ow1}", "{XX}", "{", "}", "{}", "_", "~",
-        "\u043f\u0440\u0438\u0432\u0435\u0442", "\u0451\u0436", "\u0410\u0411", "12345678901234567890123456789012345678901234567890",
-        "1e100", "0.000000001", "\u00e9\u00e8", "\u00df", "\U0001f600", "\u0301", "\x00", "\t",
-        "  ", "'", '"', "?!...", "...", "\u2026", "\u00bd", "\u2163", "\u0661\u0662"])
+        "\u043f\u0440\u0438\u0432\u0435\u0442", "\u0451\u0436", "\u0410\u0411", "9" * 50,
+        "1" + "0" * 40, "1e100", "0.000000001", "\u00e9\u00e8", "\u00df", "\U0001f600",
+        "\u0301", "\x00", "\t", "  ", "'", '"', "?!...", "...", "\u2026", "\u00bd", "\u2163",
+        "\u0661\u0662"])
     text = st.one_of(st.text(max_size=40),
                      st.lists(st.one_of(pieces, st.text(max_size=6)), max_size=8).map(" ".join))
     cleaners = st.lists(st.one_of(st.sampled_from(list(CLEANERS)),
@@ -1572,7 +1578,8 @@ def format_table(f: Dict[str, Any]) -> str:
          "exit 2, one line, nothing lost, no code run"),
     ]
     for target, t in f["fuzz"].items():
-        rows.append((f"fuzzed {target.split(' ->')[0]} clean / tried", f"{t['accepted'] + t['rejected']}/{t['tried']}",
+        rows.append((f"fuzzed {target.split(' ->')[0]} clean / tried",
+                     f"{t['accepted'] + t['rejected']}/{t['tried']}",
                      f"accepted {t['accepted']}, rejected {t['rejected']}, unclean "
                      f"{t['unclean']}, tracebacks {t['tracebacks']}"))
     cli = f["fuzz_cli"]

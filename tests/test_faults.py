@@ -98,7 +98,8 @@ def test_the_watch_sees_a_temporary_file_come_and_go(tmp_path):
     while len(seen) < 3 and time.monotonic() < deadline:
         seen += [(kind, name) for _, kind, _, name in watch.events(0.1)]
     watch.close()
-    assert ("create", f"checkpoint_6.tmp{pid}") in seen and ("gone", f"checkpoint_6.tmp{pid}") in seen
+    assert ("create", f"checkpoint_6.tmp{pid}") in seen
+    assert ("gone", f"checkpoint_6.tmp{pid}") in seen
     assert faults.temporary_pattern("checkpoint", pid).match(f"checkpoint_6.tmp{pid}")
     assert not faults.temporary_pattern("checkpoint", pid).match(f"checkpoint_LATEST.tmp{pid}")
     assert faults.temporary_pattern("snapshot", pid).match(f"step_4.tmp{pid}.npz")

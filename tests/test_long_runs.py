@@ -19,7 +19,7 @@ from model import Tacotron2
 from synthetic import write_token_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEP_LINE = re.compile(r"step (\d+): loss (\S+) = ")
+STEP_LINE = re.compile(r"step (\d+): total (\S+) = ")
 
 
 def _hparams(corpus, extra=""):

@@ -1,5 +1,6 @@
 """train.py through its real CLI: run files, logs, TensorBoard tags, resume, SIGTERM, warm start."""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -196,3 +197,15 @@ def test_resume_with_another_model_size_is_one_line_error(tmp_path, trained):
     proc = _train(tmp_path, "decoder_rnn_dim=48", "-c", str(latest), check=False)
     assert proc.returncode == 2
     assert "do not fit the model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_validation_line_parts_add_up_to_the_total(trained):
+    """Every part of the total is shown (the postnet term included) and they add up."""
+    log = (trained / "logs" / "train.log").read_text()
+    pattern = re.compile(r"validation step \d+: loss ([\d.]+) = mel ([\d.]+) \+ postnet ([\d.]+) "
+                         r"\+ gate ([\d.]+) \+ guided_weight ([\d.e+-]+) x attention_loss ([\d.]+)")
+    lines = pattern.findall(log)
+    assert len(lines) == 2, log[-2000:]
+    for total, mel, postnet, gate, weight, attention in lines:
+        parts = float(mel) + float(postnet) + float(gate) + float(weight) * float(attention)
+        assert abs(parts - float(total)) < 2e-3 * max(1.0, float(weight)), (total, parts)
