@@ -38,6 +38,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from typing import Any, Dict, List, Optional
 
@@ -212,6 +213,11 @@ def run_training(args: argparse.Namespace, name: str, shared: List[str]) -> Dict
     return {"name": name, "started": started, "finished": time.time(), "records": records}
 
 
+def _or0(value: Optional[float]) -> float:
+    """A figure a record may lack or hold as null (no target lengths) counts as 0."""
+    return 0.0 if value is None else float(value)
+
+
 def _free(record: Dict[str, Any]) -> Dict[str, Any]:
     return record.get("free_running") or {}
 
@@ -239,8 +245,8 @@ def first_target(records: List[Dict[str, Any]], started: float) -> Optional[Dict
     """The first validation with FR diagonality >= 0.7 and >= 80% of items stopping near length."""
     for record in records:
         free = _free(record)
-        if (free.get("diagonal_score", 0.0) >= TARGET_DIAGONAL
-                and free.get("near_length_share", 0.0) >= TARGET_STOP_SHARE):
+        if (_or0(free.get("diagonal_score")) >= TARGET_DIAGONAL
+                and _or0(free.get("near_length_share")) >= TARGET_STOP_SHARE):
             return _at(record, started)
     return None
 
@@ -266,8 +272,8 @@ def summarise(run: Dict[str, Any]) -> Dict[str, Any]:
         "final_fr_reading_runs_on": free.get("runs_on"),
         "final_fr_stopped": free.get("stopped_share"),
         "final_fr_stopped_near_length": free.get("near_length_share"),
-        "best_fr_diagonal": max((f.get("diagonal_score", 0.0) for f in frees), default=None),
-        "best_fr_stopped_near_length": max((f.get("near_length_share", 0.0) for f in frees),
+        "best_fr_diagonal": max((_or0(f.get("diagonal_score")) for f in frees), default=None),
+        "best_fr_stopped_near_length": max((_or0(f.get("near_length_share")) for f in frees),
                                            default=None),
     }
 
@@ -324,7 +330,7 @@ def plot(runs: List[Dict[str, Any]], path: str, title: str) -> None:
     top.set_ylabel("validation diagonal_score")
     top.set_ylim(-0.02, 1.02)
     top.legend(loc="lower right", fontsize=7)
-    top.set_title(title, fontsize=9)
+    top.set_title(textwrap.fill(title, 110), fontsize=8)  # long --hparams would run off
     bottom.set_ylabel("gate stop within 20%")
     bottom.set_ylim(-0.02, 1.02)
     bottom.set_xlabel("step")

@@ -600,7 +600,8 @@ def watched_run(ws: Workspace, label: str, cmd: List[str], run_dir: str,
     deadline = started + PROC_TIMEOUT
     # a random kill: `at_seconds` after the anchor, the start or the log line of a step
     anchor = started if plan is None or plan.anchor_step == 0 else None
-    anchor_line = re.compile(rf"^step {plan.anchor_step}: loss", re.M) if plan else None
+    # train.log's line of a training step: "step N: ..." (a validation's starts "validation")
+    anchor_line = re.compile(rf"^step {plan.anchor_step}:", re.M) if plan else None
 
     def kill() -> None:
         if proc.poll() is None:
@@ -646,14 +647,16 @@ def watched_run(ws: Workspace, label: str, cmd: List[str], run_dir: str,
         info["landed"] = os.path.exists(info["tmp"])
     elif info["killed"]:
         # a random kill that happened to land inside a write leaves its temporary behind
-        info["landed"] = any(p.match(n) for p in patterns.values()
-                             for folder in (run_dir, os.path.join(run_dir, "alignments"))
-                             for n in (os.listdir(folder) if os.path.isdir(folder) else []))
+        left = [n for folder in (run_dir, os.path.join(run_dir, "alignments"))
+                for n in (os.listdir(folder) if os.path.isdir(folder) else [])
+                if any(p.match(n) for p in patterns.values())]
+        info["landed"] = bool(left)
+        info["tmp"] = ", ".join(left) or None
     return result, info
 
 
 def last_logged_step(result: ProcResult) -> int:
-    steps = re.findall(r"^step (\d+): loss", result.stdout, flags=re.M)
+    steps = re.findall(r"^step (\d+):", result.stdout, flags=re.M)
     return int(steps[-1]) if steps else 0
 
 
@@ -815,7 +818,8 @@ def _prepare_files(ws: Workspace) -> None:
     with open(ws.train_list, encoding="utf-8") as f:
         good = f.read()
     for name, line in (("long.txt", "wavs/long.wav|abc def gh"),
-                       ("letterless.txt", "wavs/letterless.wav|?!...")):
+                       ("letterless.txt", "wavs/letterless.wav|?!..."),
+                       ("big_number.txt", f"wavs/letterless.wav|abc {'9' * 40} def")):
         with open(os.path.join(ws.corpus, name), "w", encoding="utf-8") as f:
             f.write(good + line + "\n")
 
@@ -897,6 +901,14 @@ def bad_inputs(ws: Workspace) -> List[BadInput]:
                  where="output"),
         BadInput("text with no letters (?!...)", data("letterless.txt"),
                  rf"(?m)^{re.escape(letterless)}:{n}: error: .*has no letters",
+                 where="output"),
+        # not in the list: what the text fuzzing found, through the command line
+        BadInput("a 40-digit number in a transcript (english_cleaners)",
+                 lambda w, run: w.train_cmd(
+                     run, f"preset=tiny,training_files={os.path.join(w.corpus, 'big_number.txt')},"
+                          f"validation_files={w.val_list},text_cleaners=[english_cleaners]",
+                     "--max_steps=2"),
+                 rf"(?m)^{re.escape(os.path.join(ws.corpus, 'big_number.txt'))}:{n}: ",
                  where="output"),
         BadInput("learning_rate=1e400", train(hparams=",learning_rate=1e400"),
                  r"^error: hparam learning_rate=inf"),
@@ -1575,7 +1587,10 @@ def format_table(f: Dict[str, Any]) -> str:
          f"{f['resumes']['fresh_restarts']}"),
         ("bad inputs rejected cleanly / tried",
          f"{f['bad_inputs']['rejected_cleanly']}/{f['bad_inputs']['tried']}",
-         "exit 2, one line, nothing lost, no code run"),
+         "exit 2, one line, nothing lost, no code run"
+         + ("; the issue's list + 1 from the text fuzzing (a 40-digit number)"
+            if any(b["name"].startswith("a 40-digit") for b in f["bad_inputs"]["details"])
+            else "")),
     ]
     for target, t in f["fuzz"].items():
         rows.append((f"fuzzed {target.split(' ->')[0]} clean / tried",

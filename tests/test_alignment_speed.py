@@ -61,6 +61,7 @@ def test_bench_on_a_filelist_prints_the_table_and_json(tmp_path):
         free = records[-1]["free_running"]
         assert result["final_fr_diagonal"] == free["diagonal_score"]
         assert result["final_fr_stopped_near_length"] == free["near_length_share"]
+        assert result["final_fr_reading_diagonal"] == free.get("reading_diagonal_score")
         assert set(result["reach"]) == {f"{k}_{t}" for k in ("tf", "fr") for t in (0.3, 0.5, 0.7)}
     guided = json.loads((out / "output" / "guided" / "hparams.json").read_text())
     unguided = json.loads((out / "output" / "unguided" / "hparams.json").read_text())
@@ -104,6 +105,13 @@ def test_summary_reach_target_and_reading_column():
     never = bench.summarise({"name": "unguided", "started": 0.0, "finished": 60.0, "records": [
         {"step": 100, "time": 30.0, "metrics": {"diagonal_score": 0.0}, "free_running": None}]})
     assert never["target"] is None and never["final_fr_diagonal"] is None
+    # a record without target lengths holds near_length_share null
+    unknown = _records()[2]
+    unknown["free_running"]["near_length_share"] = None
+    nulls = bench.summarise({"name": "x", "started": 1000.0, "finished": 2000.0,
+                             "records": [unknown]})
+    assert nulls["target"] is None and nulls["best_fr_stopped_near_length"] == 0.0
+    assert nulls["final_fr_stopped_near_length"] is None
     assert bench.table([never]).splitlines()[1].split()[3:] == ["-"] * 7 + ["0.00", "-", "-", "-"]
 
 
