@@ -32,7 +32,7 @@ class HParamsError(ValueError):
 @dataclass
 class HParams:
     # ------------------------------------------------------------------ Experiment
-    preset: str = "default"  # default | nvidia | demo | demo_ru | tiny (see PRESETS)
+    preset: str = "default"  # default | nvidia | demo | demo_ru | demo_real | demo_ru_real | tiny
     seed: int = 1234
     epochs: int = 100000  # upper bound; max_steps usually ends a run first
     max_steps: int = 0  # stop after this many optimizer steps; 0 = no limit
@@ -358,6 +358,15 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 # demo_ru builds on demo.
 PRESETS["demo_ru"] = {**PRESETS["demo"], **PRESETS["demo_ru"]}
+# The demo model on a real voice (docs/real_speech.md, bench/README.md "Real speech"): r=5 halves
+# the decoder steps of human speech's longer clips, clips of at most 10 s align far sooner on a
+# CPU, and a heavier gate weight balances the single stop frame of ~600-frame clips.
+PRESETS["demo_real"] = {**PRESETS["demo"], "n_frames_per_step": 5, "gate_positive_weight": 10.0,
+                        "max_audio_seconds": 10.0}
+PRESETS["demo_ru_real"] = {**PRESETS["demo_real"], **{
+    k: v for k, v in PRESETS["demo_ru"].items() if k in ("text_cleaners", "symbol_set")},
+    "training_files": "data/festvox_ru/train.txt",
+    "validation_files": "data/festvox_ru/val.txt"}
 
 
 @functools.lru_cache(maxsize=None)

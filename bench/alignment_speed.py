@@ -126,7 +126,8 @@ def prepare_festvox(args: argparse.Namespace, hp) -> List[str]:
     """Prepares festvox-ru once into <output_dir>/data; returns the filelist overrides.
 
     The folder is named by the settings that change its audio (sample rate, length limits), so
-    runs with other settings get their own copy and a finished copy is reused.
+    runs with other settings get their own copy; a finished copy (its prepared.json holds the
+    same prepare_dataset.py arguments) is reused.
     """
     corpus = args.corpus_dir
     if not os.path.isfile(os.path.join(corpus, "etc", "txt.done.data")):
@@ -142,7 +143,13 @@ def prepare_festvox(args: argparse.Namespace, hp) -> List[str]:
                "--trim_silence", "--hparams",
                f"sampling_rate={hp.sampling_rate},min_audio_seconds={hp.min_audio_seconds},"
                f"max_audio_seconds={hp.max_audio_seconds},trim_top_db={hp.trim_top_db}"]
-    if not os.path.isfile(marker):
+    settings = command[1:]  # the interpreter may differ between runs; the settings may not
+    try:
+        with open(marker, encoding="utf-8") as f:
+            done = json.load(f).get("settings") == settings
+    except (OSError, ValueError):
+        done = False
+    if not done:
         print(f"preparing festvox-ru into {out} ...", flush=True)
         proc = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
@@ -153,7 +160,7 @@ def prepare_festvox(args: argparse.Namespace, hp) -> List[str]:
         print("\n".join(line for line in proc.stdout.strip().splitlines()
                         if not line.startswith("    ")), flush=True)
         with open(marker, "w", encoding="utf-8") as f:
-            json.dump({"command": command}, f)
+            json.dump({"settings": settings}, f)
     return [f"training_files={os.path.join(out, 'train.txt')}",
             f"validation_files={os.path.join(out, 'val.txt')}"]
 

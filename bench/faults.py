@@ -272,7 +272,8 @@ class Workspace:
                 texts.append("")
         result = ProcResult(label, cmd, proc.returncode, texts[0], texts[1], wall, proc.pid, hung)
         if TRACEBACK in result.stderr or TRACEBACK in result.stdout:
-            self.ledger.traceback(f"{label}: {' '.join(cmd)}\n{result.tail()}")
+            last = (result.stderr if TRACEBACK in result.stderr else result.stdout).splitlines()
+            self.ledger.traceback(f"{label}: {' '.join(cmd)}\n" + "\n".join(last[-6:]))
         if hung:
             self.ledger.problem(f"{label}: still running after {timeout:.0f} s, killed: "
                                 f"{' '.join(cmd)}")
@@ -951,7 +952,8 @@ def bad_input_try(ws: Workspace, index: int, bad: BadInput, ref_done: threading.
     check_run_files(ws.run_dir(run_name), ws.ledger, run_name, final=True)
     if why:
         ws.ledger.problem(f"bad input {bad.name!r} not rejected cleanly: {'; '.join(why)}: "
-                          f"{' '.join(result.cmd)}\n{result.tail()}")
+                          f"{' '.join(result.cmd)}"
+                          + ("" if "traceback" in why else f"\n{result.tail()}"))
     return {"name": bad.name, "clean": not why, "exit": result.rc,
             "stderr": result.stderr.strip()[:300], "why": why}
 

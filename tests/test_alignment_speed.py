@@ -152,6 +152,10 @@ def test_festvox_corpus_is_prepared_once_then_reused(tmp_path):
     assert bench.corpus_hparams(args, hp) == overrides  # reused, not prepared again
     assert marker.stat().st_mtime_ns == stamp
     assert (folder / "train.txt").read_text(encoding="utf-8") == "kept|as it is\n"
+    # other preparation settings in the same folder (trim_top_db) prepare it again
+    louder = bench.check_hparams(shared + ["trim_top_db=30"])
+    assert bench.corpus_hparams(args, louder) == overrides
+    assert (folder / "train.txt").read_text(encoding="utf-8") != "kept|as it is\n"
     # another sample rate is another folder
     other = bench.check_hparams(shared + ["sampling_rate=16000"])
     assert "festvox_ru_16000hz_0.3-20s" in bench.corpus_hparams(args, other)[0]

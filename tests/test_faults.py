@@ -129,6 +129,7 @@ def test_the_quick_campaign_is_clean(tmp_path):
     """Reference run, 2 kills (one inside a checkpoint write) with their resumes, 5 bad inputs,
     30 fuzzed inputs, 2 fuzzed command lines, 2 divergence injections, 1 concurrent trainer:
     about a minute on 2 cores."""
+    pytest.importorskip("hypothesis")
     cmd = [sys.executable, os.path.join(ROOT, "bench", "faults.py"), "--quick", "--kills", "2",
            "--fuzz", "10", "--workdir", str(tmp_path / "campaign")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
