@@ -301,9 +301,11 @@ _temporary_re = re.compile(r"\.tmp(\d*)")
 
 
 def _temporaries(run_dir: str) -> List[str]:
-    """Checkpoint temporaries of the run folder and snapshot temporaries of its alignments/."""
+    """Temporaries of the run folder (checkpoints, checkpoint_LATEST, hparams.json,
+    diagnostics.jsonl: every writer there names its temporary `<target>.tmp<pid>`) and snapshot
+    temporaries of its alignments/."""
     found = []
-    for folder, prefix in ((run_dir, "checkpoint_"), (os.path.join(run_dir, "alignments"), "")):
+    for folder, prefix in ((run_dir, ""), (os.path.join(run_dir, "alignments"), "")):
         try:
             names = os.listdir(folder)
         except OSError:

@@ -95,7 +95,7 @@ def usable_folder(path: str, flag: str) -> str:
         raise RunSetupError(f"{flag} {path}: exists and is not a folder; choose another {flag}")
     try:
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".write_test{os.getpid()}")
+        probe = os.path.join(path, f".write_test.tmp{os.getpid()}")
         with open(probe, "w", encoding="utf-8"):
             pass
         os.remove(probe)
@@ -128,13 +128,16 @@ def data_check(hp: HParams, logger: TrainLogger) -> bool:
     if not all(os.path.isfile(p) for p in (hp.training_files, hp.validation_files)):
         # --write-clean and --skip_data_check cannot help a filelist that is not there: the
         # error itself names the filelists that exist.
-        logger.info("data check: a filelist is missing; name yours with --hparams="
-                    "\"training_files=...,validation_files=...\"")
+        advice = ("a filelist is missing; name yours with --hparams="
+                  "\"training_files=...,validation_files=...\"")
     else:
-        logger.info(f"data check: {len(errors)} error(s) in {hp.training_files} / "
-                    f"{hp.validation_files}; fix them (python check_data.py "
-                    f"{hp.training_files} {hp.validation_files} --write-clean clean/) or start "
-                    f"with --skip_data_check")
+        advice = (f"fix them (python check_data.py {hp.training_files} {hp.validation_files} "
+                  f"--write-clean clean/) or start with --skip_data_check")
+    logger.info(f"data check: {len(errors)} error(s) in {hp.training_files} / "
+                f"{hp.validation_files}; {advice}")
+    # the one line on stderr that every refusal gives; the list is in the log above
+    print(f"error: data check: {len(errors)} error(s), the first: {errors[0]}; {advice}",
+          file=sys.stderr)
     return False
 
 

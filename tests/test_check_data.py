@@ -361,3 +361,6 @@ def test_training_refuses_to_start_on_long_audio_or_letterless_text(tmp_path):
     if log.exists():
         printed += log.read_text(encoding="utf-8")
     assert "longer than max_audio_seconds=" in printed and "has no letters" in printed
+    # the refusal's one line on stderr, as every bad input gives, with no traceback
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: data check: 2 error(s)")
+    assert "Traceback" not in proc.stderr

@@ -298,3 +298,19 @@ def test_remove_orphan_temporaries_without_checkpoints(tmp_path):
     (tmp_path / "alignments" / "step_5.npz.tmp.npz").write_bytes(b"x")  # no pid, no newer save
     assert remove_orphan_temporaries(str(tmp_path)) == [str(tmp_path / f"checkpoint_5.tmp{dead}")]
     assert remove_orphan_temporaries(str(tmp_path / "nowhere")) == []
+
+
+def test_orphans_of_every_run_file_writer_are_removed(tmp_path):
+    """hparams.json and diagnostics.jsonl are rewritten through `<name>.tmp<pid>` too; a kill
+    inside those writes must not leave their temporaries behind for good."""
+    from checkpoint import remove_orphan_temporaries
+
+    dead = 2 ** 22 + 12345  # above Linux's default pid_max: never a live process
+    names = [f"hparams.json.tmp{dead}", f"diagnostics.jsonl.tmp{dead}", f"checkpoint_4.tmp{dead}",
+             f"checkpoint_LATEST.tmp{dead}", f".write_test.tmp{dead}"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    (tmp_path / "hparams.json").write_text("{}")
+    removed = remove_orphan_temporaries(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in removed) == sorted(names)
+    assert (tmp_path / "hparams.json").read_text() == "{}"

@@ -318,3 +318,17 @@ def test_cmudict_reads_user_file(tmp_path):
     assert CMUDict(path, keep_ambiguous=False).lookup("hello") is None
     with open(path, encoding="latin-1") as f:
         assert CMUDict(f).lookup("read") == ["R IY1 D"]
+
+
+@pytest.mark.parametrize("cleaners,symbol_set,digit", [
+    (["english_cleaners"], "english", "nine"), (["russian_cleaners"], "russian", "девять")])
+def test_very_long_numbers_are_read_digit_by_digit(cleaners, symbol_set, digit):
+    """inflect refuses 37 digits and num2words 34: such runs (account numbers, fuzzed text) are
+    read one digit at a time instead of failing with a traceback."""
+    from text import clean_text, text_to_sequence
+
+    text = "abc " + "9" * 50 + " def"
+    cleaned = clean_text(text, cleaners)
+    assert cleaned.count(digit) == 50
+    assert text_to_sequence(text, cleaners, symbol_set)
+    assert "twelve" in clean_text("12 apples", ["english_cleaners"])  # short numbers as before

@@ -67,9 +67,21 @@ def _spell_number(m: re.Match) -> str:
     return _engine().number_to_words(num, andword="")
 
 
+# A run of this many digits or more is no quantity anyone reads out (a card or account number):
+# it is spelled digit by digit. inflect refuses numbers of 37 digits and more.
+LONG_DIGITS_RE = re.compile(r"\d{16,}")
+
+
+def spell_long_digit_runs(text: str) -> str:
+    """"1234567890123456789" -> "1 2 3 ...": each digit of a very long run read on its own."""
+    return LONG_DIGITS_RE.sub(lambda m: " ".join(m.group(0)), text)
+
+
 def normalize_numbers(text: str) -> str:
     """Spell out every number in English text (see the module docstring for the rules)."""
+    text = spell_long_digit_runs(text)
     text = _comma_number_re.sub(lambda m: m.group(1).replace(",", ""), text)
+    text = spell_long_digit_runs(text)  # "1,000,...,000" has just become one run
     text = _pounds_re.sub(r"\1 pounds", text)
     text = _dollars_re.sub(_spell_dollars, text)
     text = _decimal_number_re.sub(lambda m: m.group(1).replace(".", " point "), text)

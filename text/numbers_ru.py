@@ -30,6 +30,8 @@ from typing import Tuple
 
 from num2words import num2words
 
+from text.numbers import spell_long_digit_runs
+
 # a no-break / narrow no-break / thin space between digit groups: "10 000"
 _thousands_space_re = re.compile(r"(?<=\d)[\u00a0\u202f\u2009](?=\d{3}(?!\d))")
 # the seam between a digit and a letter: "5км", "x5"
@@ -164,6 +166,8 @@ def normalize_numbers_ru(text: str) -> str:
         The text with every digit replaced by Russian words.
     """
     text = _thousands_space_re.sub("", text)
+    # num2words fails on numbers of 34 digits and more: very long runs are read digit by digit
+    text = spell_long_digit_runs(text)
     text = _glued_re.sub(" ", text)
     text = _minus_re.sub("минус ", text)
     text = _plus_re.sub(_spell_plus, text)
