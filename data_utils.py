@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import tempfile
 from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -675,6 +676,18 @@ def loader_generator(seed: int) -> torch.Generator:
     return generator
 
 
+def ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGINT and SIGTERM to the trainer.
+
+    Ctrl-C, `timeout`, SLURM and container runtimes signal the whole process group: a worker
+    that died of it would make the trainer raise "DataLoader worker is killed" in the middle of
+    a step instead of finishing it, saving a checkpoint and exiting 128+signal. The workers end
+    when the trainer shuts its loaders down, or when they see it gone.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def prepare_dataloaders(hp, run_dir: Optional[str] = None, rank: int = 0, world_size: int = 1
                         ) -> Tuple[DataLoader, DataLoader, TextMelDataset, TextMelDataset]:
     """Datasets and loaders of hp.training_files and hp.validation_files.
@@ -701,7 +714,8 @@ def prepare_dataloaders(hp, run_dir: Optional[str] = None, rank: int = 0, world_
         num_replicas=world_size, rank=rank, bucket_size_multiplier=hp.bucket_size_multiplier,
         bucket=hp.bucket_batches, text_lengths=train_set.text_lengths)
     pin = torch.cuda.is_available()
-    workers = dict(num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
+    workers = dict(num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0,
+                   worker_init_fn=ignore_stop_signals if hp.num_workers > 0 else None)
     train_loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate,
                               pin_memory=pin, generator=loader_generator(hp.seed), **workers)
     val_loader = DataLoader(val_set, batch_size=hp.batch_size, shuffle=False,

@@ -209,3 +209,28 @@ def test_validation_line_parts_add_up_to_the_total(trained):
     for total, mel, postnet, gate, weight, attention in lines:
         parts = float(mel) + float(postnet) + float(gate) + float(weight) * float(attention)
         assert abs(parts - float(total)) < 2e-3 * max(1.0, float(weight)), (total, parts)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_whole_process_group_with_workers_saves_and_exits(tmp_path, corpus, signum):
+    """Ctrl-C, `timeout` and schedulers signal every process of the group, DataLoader workers
+    included: the trainer still finishes its step, saves and exits 128+signal, no traceback."""
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"),
+           f"--output_directory={tmp_path / 'output'}", f"--log_directory={tmp_path / 'logs'}",
+           f"--tensorboard_directory={tmp_path / 'runs'}",
+           f"--hparams={_hparams(*corpus, 'num_workers=2,max_steps=100000,iters_per_checkpoint=100000,iters_per_validation=100000')}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path, start_new_session=True)
+    log = tmp_path / "logs" / "train.log"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if log.exists() and "step 3:" in log.read_text():
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, out[-2000:] + err[-2000:]
+    assert "Traceback" not in err, err[-3000:]
+    ckpt = torch.load(tmp_path / "output" / "trial_0" / "checkpoint_LATEST", weights_only=True)
+    assert ckpt["iteration"] >= 3
+
