@@ -109,6 +109,15 @@ def test_resume_continues_step_lr_and_weight(tmp_path, trained, corpus):
     assert f"guided_weight {w11:.4g}" in line
 
 
+def _wait_for_log(log, text, seconds=120):
+    """Polls the trainer's log until `text` appears (or the time is up)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if log.exists() and text in log.read_text():
+            return
+        time.sleep(0.2)
+
+
 def test_sigterm_leaves_loadable_checkpoint(tmp_path, corpus):
     cmd = [sys.executable, os.path.join(ROOT, "train.py"),
            f"--output_directory={tmp_path / 'output'}", f"--log_directory={tmp_path / 'logs'}",
@@ -117,11 +126,7 @@ def test_sigterm_leaves_loadable_checkpoint(tmp_path, corpus):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=tmp_path)
     log = tmp_path / "logs" / "train.log"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if log.exists() and "step 3:" in log.read_text():
-            break
-        time.sleep(0.2)
+    _wait_for_log(log, "step 3:")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
@@ -222,11 +227,7 @@ def test_a_signal_to_the_whole_process_group_with_workers_saves_and_exits(tmp_pa
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=tmp_path, start_new_session=True)
     log = tmp_path / "logs" / "train.log"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if log.exists() and "step 3:" in log.read_text():
-            break
-        time.sleep(0.2)
+    _wait_for_log(log, "step 3:")
     os.killpg(proc.pid, signum)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum, out[-2000:] + err[-2000:]
