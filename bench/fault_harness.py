@@ -34,7 +34,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from typing import Any, Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,8 +133,10 @@ def _child_main(script: str, argv: List[str], cwd: str, out: str, err: str) -> N
         else:
             print(stop.code, file=sys.stderr)
             code = 1
-    except BaseException:  # what the interpreter does with an uncaught exception
-        traceback.print_exc()
+    except BaseException:
+        # The fork server stands in for the interpreter: an uncaught exception must reach stderr
+        # exactly as `python train.py` would print it, so that the campaign can count it.
+        sys.excepthook(*sys.exc_info())
         code = 1
     with contextlib.suppress(Exception):
         sys.stdout.flush()
