@@ -29,37 +29,21 @@ import numpy as np
 from alignment_metrics import (FAILURE_MODES, HEALTHY, METRIC_NAMES, ROW_SUM_TOLERANCE, RUNS_ON,
                                STUCK_SECONDS, DiagnosticsError, batch_metrics, check_lengths,
                                free_running_metrics, pack_alignments, step_seconds)
-from guardrails import criterion_for_step, next_milestone, red_flags, remediated_hparams
+from guardrails import (FlagKind, criterion_for_step, next_milestone, red_flags, remediated_hparams,
+                        status_line)
 from hparams import HParams
-from messages import UnknownLanguageError, check_language, message, LANGUAGES
+from messages import UnknownLanguageError, check_language, message, one_line, LANGUAGES
 import plotting
+from run_files import (DIAGNOSTICS, LATEST, SNAPSHOTS, RunFilesError, RunFolder, ValidationRecord, is_latest,
+                       snapshot_step)
 
 TRAIN_COMMAND = "python train.py --output_directory=output --log_directory=logs"
-_checkpoint_re = re.compile(r"^checkpoint_(\d+)$")  # checkpoint_<step> (NVIDIA's naming)
-_snapshot_re = re.compile(r"^step_(\d+)\.npz$")  # alignments/step_<step>.npz
 _step_in_name_re = re.compile(r"step_?(\d+)")  # a step number in a loose file's name
 
 
 # ============================================================================ run folder
 def _run_dir(output_directory: str, run_name: str) -> str:
     return os.path.join(output_directory, run_name)
-
-
-def list_run_steps(run_dir: str) -> Tuple[Dict[int, str], Dict[int, str]]:
-    """({step: checkpoint path}, {step: snapshot path}) found in a run folder."""
-    checkpoints, snapshots = {}, {}
-    if os.path.isdir(run_dir):
-        for name in os.listdir(run_dir):
-            match = _checkpoint_re.match(name)
-            if match and os.path.isfile(os.path.join(run_dir, name)):
-                checkpoints[int(match.group(1))] = os.path.join(run_dir, name)
-    folder = os.path.join(run_dir, "alignments")
-    if os.path.isdir(folder):
-        for name in os.listdir(folder):
-            match = _snapshot_re.match(name)
-            if match:
-                snapshots[int(match.group(1))] = os.path.join(folder, name)
-    return checkpoints, snapshots
 
 
 def load_run_hparams(run_dir: Optional[str]) -> Tuple[HParams, str, Optional[Dict[str, str]]]:
@@ -69,59 +53,26 @@ def load_run_hparams(run_dir: Optional[str]) -> Tuple[HParams, str, Optional[Dic
         (hp, "run" | "defaults", None or {"path", "error"} when hparams.json exists but cannot
         be used: the report says so and goes on with the defaults).
     """
-    path = os.path.join(run_dir, "hparams.json") if run_dir else None
-    if not path or not os.path.isfile(path):
+    if not run_dir:
         return HParams(), "defaults", None
+    folder = RunFolder(run_dir)
     try:
-        with open(path, encoding="utf-8") as f:
-            return HParams.from_dict(json.load(f)), "run", None
+        text = folder.read_hparams_text()
+        if text is None:
+            return HParams(), "defaults", None
+        return HParams.from_dict(json.loads(text)), "run", None
     except (OSError, ValueError, TypeError) as err:  # HParamsError and JSON errors are ValueErrors
-        return HParams(), "defaults", {"path": path, "error": _first_line(err)}
+        return HParams(), "defaults", {"path": folder.hparams_path, "error": one_line(err)}
 
 
-def read_diagnostics_log(path: str) -> List[Dict[str, Any]]:
-    """Records of diagnostics.jsonl, in file order.
-
-    A last line without its newline that does not parse is a record still being written by the
-    trainer, and is skipped; any other bad line is an error naming the line.
-    """
+def read_records(run_dir: Optional[str], step: Optional[int] = None) -> List[ValidationRecord]:
+    """The run's validation records (up to `step`), DiagnosticsError for an unreadable log."""
+    if run_dir is None:
+        return []
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as err:
-        raise DiagnosticsError(f"{path}: cannot read ({_first_line(err)})") from None
-    except UnicodeDecodeError:
-        raise DiagnosticsError(f"{path}: not a UTF-8 text file") from None
-    lines = text.split("\n")
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            if number == len(lines):  # the unfinished last line
-                continue
-            raise DiagnosticsError(f"{path}:{number}: not a JSON object ({err.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            raise DiagnosticsError(f"{path}:{number}: a record needs an integer 'step'")
-        records.append(record)
-    return records
-
-
-def _log_records(run_dir: Optional[str], step: Optional[int]) -> List[Dict[str, Any]]:
-    """diagnostics.jsonl records up to `step` (none without a run, a step or a log)."""
-    if run_dir is None or step is None:
-        return []
-    path = os.path.join(run_dir, "diagnostics.jsonl")
-    if not os.path.isfile(path):
-        return []
-    return [r for r in read_diagnostics_log(path) if r["step"] <= step]
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
+        return RunFolder(run_dir).records(up_to=step)
+    except RunFilesError as err:
+        raise DiagnosticsError(str(err)) from None
 
 
 # ============================================================================ sources
@@ -168,7 +119,7 @@ def _load_array_file(path: str) -> Any:
         with open(path, "rb") as f:
             magic = f.read(6)
     except OSError as err:
-        raise DiagnosticsError(f"{path}: cannot read ({_first_line(err)})") from None
+        raise DiagnosticsError(f"{path}: cannot read ({one_line(err)})") from None
     if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
         raise DiagnosticsError(f"{path}: not a NumPy file (a .npy matrix or an .npz snapshot "
                                f"starts differently); save the attention with numpy.save")
@@ -179,10 +130,10 @@ def _load_array_file(path: str) -> Any:
             raise DiagnosticsError(f"{path}: holds Python objects, not numbers; refused (object "
                                    f"arrays need pickle, which can run code)") from None
         raise DiagnosticsError(f"{path}: not a readable .npy or .npz file "
-                               f"({_first_line(err)})") from None
+                               f"({one_line(err)})") from None
     except (OSError, EOFError, zipfile.BadZipFile) as err:
         raise DiagnosticsError(f"{path}: truncated or corrupt NumPy file "
-                               f"({_first_line(err)})") from None
+                               f"({one_line(err)})") from None
 
 
 def load_alignment_file(path: str) -> Dict[str, Any]:
@@ -228,7 +179,7 @@ def load_alignment_file(path: str) -> Dict[str, Any]:
         try:
             arrays = {k: data[k] for k in keys}
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-            raise DiagnosticsError(f"{path}: corrupt snapshot ({_first_line(err)})") from None
+            raise DiagnosticsError(f"{path}: corrupt snapshot ({one_line(err)})") from None
     A = arrays["alignments"]
     if A.ndim != 3 or not np.issubdtype(A.dtype, np.number):
         raise DiagnosticsError(f"{path}: 'alignments' has shape {A.shape} ({A.dtype}); expected "
@@ -264,10 +215,7 @@ def load_alignment_file(path: str) -> Dict[str, Any]:
                 # optional (B_free,): decoder steps of the recorded audio, for near_length
                 "target_decoder_lengths": (arrays["free_target_decoder_lengths"].reshape(-1)
                                            if "free_target_decoder_lengths" in keys else None)}
-    step = int(arrays["step"]) if "step" in arrays else None
-    if step is None:
-        match = _snapshot_re.match(os.path.basename(path))
-        step = int(match.group(1)) if match else None
+    step = int(arrays["step"]) if "step" in arrays else snapshot_step(path)
     return {"kind": "snapshot", "alignments": A, "text_lengths": text_lengths,
             "decoder_lengths": decoder_lengths, "names": names, "step": step,
             "seconds_per_step": seconds, "free": free}
@@ -301,7 +249,7 @@ def evaluate_checkpoint(path: str, device: Optional[str] = None, filelist: Optio
     from torch.utils.data import DataLoader
 
     import checkpoint as checkpoint_module
-    from commons import DeviceError, choose_device
+    from devices import DeviceError, choose_device
     from data_utils import TextMelCollate, TextMelDataset, read_filelist
     from validation import collect_attention
 
@@ -313,7 +261,7 @@ def evaluate_checkpoint(path: str, device: Optional[str] = None, filelist: Optio
         entries = read_filelist(filelist, hp.data_root)
         dataset = TextMelDataset(entries, hp, cache_dir=None)
     except (DeviceError, ValueError, OSError, RuntimeError) as err:  # Checkpoint/Data/AudioError
-        raise DiagnosticsError(_first_line(err)) from None
+        raise DiagnosticsError(one_line(err)) from None
     if len(dataset) == 0:
         raise DiagnosticsError(f"{filelist}: no utterances")
     loader = DataLoader(dataset, batch_size=batch_size or hp.batch_size, shuffle=False,
@@ -326,7 +274,7 @@ def evaluate_checkpoint(path: str, device: Optional[str] = None, filelist: Optio
         try:
             items = collect_attention(model, loader, torch_device, hp, free_running=inference)
         except (ValueError, OSError, RuntimeError) as err:
-            raise DiagnosticsError(_first_line(err)) from None
+            raise DiagnosticsError(one_line(err)) from None
     names = [os.path.basename(entries[item.index].audio_path) for item in items]
     A, text_lengths, steps = pack_alignments([item.teacher for item in items])
     free_out = None
@@ -370,7 +318,7 @@ def _select_source(step: Optional[int], checkpoint: Optional[str], alignment_pat
     if checkpoint is not None:
         if step is not None:
             raise DiagnosticsError("--step and --checkpoint name two sources; give one")
-        if not os.path.exists(checkpoint) and os.path.basename(checkpoint) != "checkpoint_LATEST":
+        if not os.path.exists(checkpoint) and not is_latest(checkpoint):
             raise DiagnosticsError(f"{checkpoint}: no such checkpoint")
         source = evaluate_checkpoint(checkpoint, device, filelist, inference, batch_size)
         return source, os.path.dirname(os.path.abspath(source["path"]))
@@ -380,10 +328,10 @@ def _select_source(step: Optional[int], checkpoint: Optional[str], alignment_pat
             source["step"] = int(step)
         source["path"] = alignment_path
         folder = os.path.dirname(os.path.abspath(alignment_path))
-        run = os.path.dirname(folder) if os.path.basename(folder) == "alignments" else None
+        run = os.path.dirname(folder) if os.path.basename(folder) == SNAPSHOTS else None
         return source, run
 
-    checkpoints, snapshots = list_run_steps(run_dir)
+    checkpoints, snapshots = dict(RunFolder(run_dir).checkpoints()), RunFolder(run_dir).snapshots()
     if step is None:
         if not checkpoints and not snapshots:
             raise DiagnosticsError(
@@ -410,8 +358,10 @@ def _select_source(step: Optional[int], checkpoint: Optional[str], alignment_pat
     if not available:
         raise DiagnosticsError(f"{run_dir}: no checkpoints or alignment snapshots; train first: "
                                f"{TRAIN_COMMAND}")
-    raise DiagnosticsError(f"{run_dir}: no checkpoint_{step} or alignments/step_{step}.npz; "
-                           f"available steps: {', '.join(str(s) for s in available)}")
+    folder = RunFolder(run_dir)
+    raise DiagnosticsError(f"{run_dir}: no {os.path.basename(folder.checkpoint_path(step))} or "
+                           f"{os.path.relpath(folder.snapshot_path(step), run_dir)}; available "
+                           f"steps: {', '.join(str(s) for s in available)}")
 
 
 def _representative(summary: Dict[str, Any]) -> int:
@@ -431,7 +381,7 @@ def recommendations(result: Dict[str, Any], hp: HParams, lang: str = "en") -> Li
     data = {"train": hp.training_files, "val": hp.validation_files}
     step, n = result["step"], max(1, result["n_items"])
     counts = result["failure_counts"]
-    flag_ids = {f["id"] for f in result["red_flags"]}
+    flag_kinds = {FlagKind(f["id"]) for f in result["red_flags"]}
     criterion = result["criterion"]
     failing = criterion is not None and not criterion["passed"]
     share = {m: counts.get(m, 0) / n for m in FAILURE_MODES}
@@ -439,11 +389,11 @@ def recommendations(result: Dict[str, Any], hp: HParams, lang: str = "en") -> Li
 
     if step is None:
         add("no_step")
-    if 2 in flag_ids:
+    if FlagKind.GUIDANCE_WITHOUT_GRIP in flag_kinds:
         add("guidance_off", weight=hp.guide_loss_weight, start=hp.guide_decay_start,
             current=result.get("guided_weight") if result.get("guided_weight") is not None
             else float("nan"))
-    if flag_ids or failing:
+    if flag_kinds or failing:
         add("check_data", **data)
     skipping = counts.get("skipping", 0) + counts.get("collapse_to_end", 0)
     if skipping:
@@ -458,19 +408,20 @@ def recommendations(result: Dict[str, Any], hp: HParams, lang: str = "en") -> Li
             add("skipping_data", k=skipping, n=n, names=", ".join(bad[:5]), **data)
     if share["stuck"] >= 0.25 and not hp.trim_silence:
         add("trim_silence", seconds=STUCK_SECONDS)
-    if flag_ids & {1, 3, 4} or failing or (band_or_diffuse and criterion is not None):
+    if flag_kinds & {FlagKind.LOW_DIAGONALITY, FlagKind.ALL_WEIGHTS_LOW,
+                     FlagKind.HORIZONTAL_BANDS} or failing or (band_or_diffuse and criterion is not None):
         if hp.guide_loss_weight < hp.remedy_guide_loss_weight:
             add("guide_weight", weight=hp.guide_loss_weight)
         if not hp.curriculum:
             add("curriculum")
-    if flag_ids or failing:
+    if flag_kinds or failing:
         add("warm_start")
     free = result.get("free_running")
     if free and free.get("runs_on"):
         add("runs_on", k=free["runs_on"], n=free["n_items"])
     elif free and free.get("hit_max_steps"):
         add("gate", k=len(free["hit_max_steps"]))
-    if step is not None and not flag_ids and not failing:
+    if step is not None and not flag_kinds and not failing:
         first = next_milestone(-1, hp)
         if criterion is None and first is not None:
             add("too_early", step=first["step"], threshold=first["threshold"])
@@ -531,21 +482,22 @@ def analyze_current_alignment(step: Optional[int] = None, checkpoint: Optional[s
     mean = summary["mean"]
 
     guided_term, guided_from, guided_weight = None, None, None
-    records = _log_records(run, step)
-    record = next((r for r in reversed(records) if r["step"] == step), None)
-    if any(r.get("remediated") for r in records):
+    records = read_records(run, step) if step is not None else []
+    record = next((r for r in reversed(records) if r.step == step), None)
+    if any(r.remediated for r in records):
         # The trainer already raised the guided weight and turned curriculum on (guardrails):
         # recommend what comes next, not the remedy it applied.
         hp = remediated_hparams(hp)
         notes.append(("note_remediated", {"weight": hp.guide_loss_weight}))
-    if record is not None and record.get("guided_term") is not None:
-        guided_term, guided_from = float(record["guided_term"]), "log"
-        guided_weight = record.get("guided_weight")
+    if record is not None:
+        guided_term, guided_from = float(record.guided_term), "log"
+        guided_weight = record.guided_weight
     elif step is not None and source["kind"] != "matrix":
         guided_term, guided_weight = guided_term_for(source, hp)
         guided_from = "computed"
 
-    flags = red_flags(step, summary, guided_term, hp, lang) if step is not None else []
+    flags = ([flag.to_dict() for flag in red_flags(step, summary, guided_term, hp, lang)]
+             if step is not None else [])
     criterion = (criterion_for_step(step, hp, mean["diagonal_score"]) if step is not None
                  else None)
     free = None
@@ -593,6 +545,10 @@ def analyze_current_alignment(step: Optional[int] = None, checkpoint: Optional[s
         "hparams_source": hp_source,
         "plot_path": None,
         "lang": lang,
+        # speech quality scored by the trainer at this step (diagnostics.jsonl), if it was
+        "quality": record.quality if record is not None else None,
+        "status": (status_line(step, record.free_running, record.quality, lang)
+                   if record is not None and record.free_running is not None else None),
     }
     result["recommendations"] = recommendations(result, hp, lang)
     if plot:
@@ -609,7 +565,7 @@ def _default_plot_path(source: Dict[str, Any], run: Optional[str], step: Optiona
     suffix = "" if lang == "en" else f".{lang}"
     name = (f"step_{step}" if step is not None else "alignment") + f"{suffix}.png"
     if run is not None:
-        return os.path.join(run, "diagnostics", name)
+        return os.path.join(RunFolder(run).plot_folder, name)
     stem = os.path.splitext(source["path"])[0]
     return f"{stem}_diagnostics{suffix}.png"
 
@@ -633,7 +589,7 @@ def save_report_plot(source: Dict[str, Any], summary: Dict[str, Any], hp: HParam
         return plotting.report_png(path, A, title, shown, hp.diagonal_band, scores,
                                    criterion["threshold"] if criterion else None, lang)
     except OSError as err:
-        raise DiagnosticsError(f"{path}: cannot write the plot ({_first_line(err)})") from None
+        raise DiagnosticsError(f"{path}: cannot write the plot ({one_line(err)})") from None
 
 
 # ============================================================================ report
@@ -721,6 +677,19 @@ def format_report(result: Dict[str, Any], lang: Optional[str] = None) -> str:
             lines.append("  " + M("free_hit_max", k=len(free["hit_max_steps"]), n=free["n_items"],
                                   names=", ".join(free["hit_max_steps"][:8])))
 
+    quality = result.get("quality")
+    if quality:
+        refs = quality.get("references") or {}
+        fmt = (lambda v: "-" if v is None else f"{v:.2f}")  # noqa: E731
+        lines += ["", M("report_quality_header", step=step),
+                  "  " + M("report_quality_mcd", mcd=quality["mean_mcd"],
+                           ceiling=fmt(refs.get("griffin_lim_mcd")),
+                           hum=fmt(refs.get("flat_mcd"))),
+                  "  " + M("report_quality_wer", wer=fmt(quality.get("wer")),
+                           ceiling=fmt(refs.get("griffin_lim_wer")))]
+    if result.get("status"):
+        lines += ["", result["status"]]
+
     lines += ["", M("recs_header")]
     lines += [f"  - {rec['message']}" for rec in result["recommendations"]]
     if result.get("notes"):
@@ -730,39 +699,51 @@ def format_report(result: Dict[str, Any], lang: Optional[str] = None) -> str:
     return "\n".join(lines)
 
 
+def history_row(record: ValidationRecord) -> Dict[str, Any]:
+    """One validation of the run as the history shows it: teacher-forced, free-running and
+    quality scores side by side (None where the validation did not measure them)."""
+    metrics = record.metrics
+    free = record.free_running
+    quality = record.quality or {}
+    return {"step": record.step, "diagonal_score": record.diagonal_score,
+            "focus_score": metrics.get("focus_score"), "coverage": metrics.get("coverage"),
+            "guided_term": record.guided_term, "criterion": record.criterion,
+            "red_flags": [flag.id for flag in record.red_flags],
+            "free_diagonal_score": free.diagonal_score if free else None,
+            "free_reading_diagonal_score": free.reading_diagonal_score if free else None,
+            "free_end_reached_share": free.end_reached_share if free else None,
+            "free_stopped_share": free.stopped_share if free else None,
+            "free_near_length_share": free.near_length_share if free else None,
+            "mcd_db": quality.get("mean_mcd"), "wer": quality.get("wer"),
+            "mel_postnet_loss": record.losses.get("mel_postnet")}
+
+
 def history(output_directory: str = "output", run_name: str = "trial_0",
             plot_path: Optional[str] = None, lang: str = "en") -> Dict[str, Any]:
-    """Diagonality over a run from its diagnostics.jsonl: a table and a PNG.
+    """A run over time from its diagnostics.jsonl: a table and a PNG.
 
     Returns:
-        {"rows": [{"step", "diagonal_score", "focus_score", "coverage", "guided_term",
-        "criterion", "red_flags"}], "plot_path": str, "table": str}.
+        {"rows": [`history_row`], "plot_path": str, "table": str}.
     """
     run_dir = _run_dir(output_directory, run_name)
-    log_path = os.path.join(run_dir, "diagnostics.jsonl")
+    folder = RunFolder(run_dir)
+    log_path = folder.diagnostics_path
     if not os.path.isfile(log_path):
         raise DiagnosticsError(f"{log_path}: no such file; training writes it at every "
                                f"validation ({TRAIN_COMMAND})")
-    records = read_diagnostics_log(log_path)
+    records = read_records(run_dir)
     if not records:
         raise DiagnosticsError(f"{log_path}: no validation records yet")
     hp, _, _ = load_run_hparams(run_dir)
-    rows = []
-    for record in sorted(records, key=lambda r: r["step"]):
-        metrics = record.get("metrics") or {}
-        if "diagonal_score" not in metrics:
-            raise DiagnosticsError(f"{log_path}: the record of step {record['step']} has no "
+    for record in records:
+        if "diagonal_score" not in record.metrics:
+            raise DiagnosticsError(f"{log_path}: the record of step {record.step} has no "
                                    f"metrics.diagonal_score")
-        free = record.get("free_running") or {}
-        rows.append({"step": record["step"], "diagonal_score": float(metrics["diagonal_score"]),
-                     "focus_score": metrics.get("focus_score"),
-                     "coverage": metrics.get("coverage"), "guided_term": record.get("guided_term"),
-                     "criterion": record.get("criterion"),
-                     "red_flags": [f.get("id") for f in record.get("red_flags") or []],
-                     "free_diagonal_score": free.get("diagonal_score")})
+    rows = [history_row(record) for record in sorted(records, key=lambda r: r.step)]
 
-    def fmt(value: Any, spec: str) -> str:
-        return format(value, spec) if isinstance(value, (int, float)) else "-"
+    def fmt(value: Any, spec: str, width: int) -> str:
+        text = format(value, spec) if isinstance(value, (int, float)) else "-"
+        return f"{text:<{width}}"
 
     lines = [message(lang, "history_header", path=log_path), message(lang, "history_columns")]
     for row in rows:
@@ -770,17 +751,23 @@ def history(output_directory: str = "output", run_name: str = "trial_0",
         crit_text = (f">{crit['threshold']:.2f} " + message(lang, "pass" if crit["passed"] else "fail")
                      if crit else "-")
         flags = ",".join(str(i) for i in row["red_flags"]) or "-"
-        lines.append(f"{row['step']:<8} {row['diagonal_score']:.3f}  "
-                     f"{fmt(row['focus_score'], '.3f'):<6} {fmt(row['coverage'], '.3f'):<6} "
-                     f"{fmt(row['guided_term'], '.4f'):<8} {crit_text:<14} {flags}")
+        lines.append(
+            f"{row['step']:<8} {fmt(row['diagonal_score'], '.3f', 6)} "
+            f"{fmt(row['focus_score'], '.3f', 6)} {fmt(row['guided_term'], '.4f', 7)} "
+            f"{fmt(row['free_diagonal_score'], '.2f', 5)} "
+            f"{fmt(row['free_reading_diagonal_score'], '.2f', 5)} "
+            f"{fmt(row['free_end_reached_share'], '.0%', 5)} "
+            f"{fmt(row['free_stopped_share'], '.0%', 5)} "
+            f"{fmt(row['free_near_length_share'], '.0%', 5)} "
+            f"{fmt(row['mcd_db'], '.2f', 6)} {fmt(row['wer'], '.2f', 5)} {crit_text:<14} {flags}")
 
     suffix = "" if lang == "en" else f".{lang}"
-    path = plot_path or os.path.join(run_dir, "diagnostics", f"history{suffix}.png")
+    path = plot_path or os.path.join(folder.plot_folder, f"history{suffix}.png")
     try:
         plotting.history_png(path, rows, hp.success_steps, hp.success_thresholds,
                              hp.red_flag_diagonal, hp.red_flag_start_step, lang)
     except OSError as err:
-        raise DiagnosticsError(f"{path}: cannot write the plot ({_first_line(err)})") from None
+        raise DiagnosticsError(f"{path}: cannot write the plot ({one_line(err)})") from None
     lines.append(message(lang, "history_plot", path=path))
     return {"rows": rows, "plot_path": path, "table": "\n".join(lines)}
 
@@ -791,14 +778,16 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         description="Alignment diagnostics of a Tacotron 2 run: metrics, failure modes, success "
                     "criteria, red flags, recommendations and plots.")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", help="a checkpoint file or .../checkpoint_LATEST: the "
-                        "model runs teacher-forced on the validation filelist")
-    source.add_argument("--alignment", help="a (decoder steps, tokens) .npy matrix or an "
-                        "alignments/step_N.npz snapshot")
+    snapshot = f"{SNAPSHOTS}/step_N.npz"
+    source.add_argument("--checkpoint", help=f"a checkpoint file or .../{LATEST}: the model "
+                        f"runs teacher-forced on the validation filelist")
+    source.add_argument("--alignment", help=f"a (decoder steps, tokens) .npy matrix or an "
+                        f"{snapshot} snapshot")
     source.add_argument("--history", action="store_true",
-                        help="diagonality over the run from diagnostics.jsonl (table and PNG)")
-    parser.add_argument("--step", type=int, help="step of the run: its checkpoint_N, else its "
-                        "alignments/step_N.npz (with --alignment: the step of a .npy)")
+                        help=f"the run over time from {DIAGNOSTICS}: teacher-forced, free-running "
+                        f"and quality scores (table and PNG)")
+    parser.add_argument("--step", type=int, help=f"step of the run: its checkpoint_N, else its "
+                        f"{snapshot} (with --alignment: the step of a .npy)")
     parser.add_argument("--output_directory", default="output")
     parser.add_argument("--run_name", default="trial_0")
     parser.add_argument("--filelist", help="with --checkpoint: instead of the hparams' "

@@ -9,6 +9,7 @@ Attention maps are (decoder steps T, text tokens N), rows summing to 1; a batch 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -383,3 +384,51 @@ def free_running_metrics(alignments: Any, text_lengths: Any, decoder_lengths: An
             "end_reached_share": share(read_to_end), "stopped_share": share(stopped),
             "near_length_share": None if near is None else share(near),
             "runs_on_share": share(runs_on), "n_items": n_items}
+
+
+@dataclass
+class FreeRunningScores:
+    """The free-running figures of one validation, as the trainer logs and diagnostics.jsonl
+    keeps them (`free_running_metrics` has the definitions)."""
+    diagonal_score: float
+    reading_diagonal_score: float
+    focus_score: float = float("nan")
+    end_reached_share: float = float("nan")
+    stopped_share: float = float("nan")
+    near_length_share: Optional[float] = None
+    runs_on_share: float = float("nan")
+    runs_on: int = 0
+    failure_counts: Dict[str, int] = field(default_factory=dict)
+    items: int = 0
+    length_ratio: List[Optional[float]] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "FreeRunningScores":
+        """Tolerant of older trainers: the reading diagonality is the whole map's where absent."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values.setdefault("diagonal_score", float("nan"))
+        values.setdefault("reading_diagonal_score", values["diagonal_score"])
+        return cls(**values)
+
+
+    @classmethod
+    def from_metrics(cls, scores: Dict[str, Any]) -> "FreeRunningScores":
+        """From `free_running_metrics` output."""
+        whole = scores["whole"]
+        return cls(
+            diagonal_score=float(scores["diagonal_score"]),
+            reading_diagonal_score=float(scores["reading_diagonal_score"]),
+            focus_score=float(whole["mean"]["focus_score"]),
+            end_reached_share=float(scores["end_reached_share"]),
+            stopped_share=float(scores["stopped_share"]),
+            near_length_share=(None if scores["near_length_share"] is None
+                               else float(scores["near_length_share"])),
+            runs_on_share=float(scores["runs_on_share"]),
+            runs_on=sum(item["runs_on"] for item in scores["per_item"]),
+            failure_counts=dict(whole["failure_counts"]),
+            items=int(scores["n_items"]),
+            length_ratio=[item["length_ratio"] for item in scores["per_item"]])

@@ -19,6 +19,8 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
+from messages import one_line
+
 # The hparams that decide a mel's values; the mel cache key in data_utils is built from these.
 AUDIO_HPARAMS: Tuple[str, ...] = (
     "sampling_rate", "filter_length", "hop_length", "win_length", "n_mel_channels",
@@ -39,10 +41,6 @@ class AudioInfo(NamedTuple):
     sample_rate: int
     n_frames: int  # samples per channel
     channels: int
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
 
 
 def sample_rate_message(path: str, sr: int, expected_sr: int) -> str:
@@ -66,7 +64,7 @@ def audio_info(path: Union[str, os.PathLike]) -> AudioInfo:
     try:
         info = sf.info(path)
     except (RuntimeError, OSError) as err:  # soundfile's LibsndfileError is a RuntimeError
-        raise AudioError(f"{path}: cannot read audio header: {_one_line(err)}") from None
+        raise AudioError(f"{path}: cannot read audio header: {one_line(err)}") from None
     return AudioInfo(int(info.samplerate), int(info.frames), int(info.channels))
 
 
@@ -108,7 +106,7 @@ def load_wav(path: Union[str, os.PathLike], expected_sr: Optional[int] = None,
             else:
                 data = np.clip(f.read(dtype="float32", always_2d=True), -1.0, 1.0)
     except (RuntimeError, OSError) as err:  # soundfile's LibsndfileError is a RuntimeError
-        raise AudioError(f"{path}: cannot read audio: {_one_line(err)}") from None
+        raise AudioError(f"{path}: cannot read audio: {one_line(err)}") from None
     if data.shape[0] == 0:
         raise AudioError(f"{path}: the file holds no samples")
     # (samples, channels) -> (samples,)

@@ -21,14 +21,14 @@ import torch
 
 from unidecode import unidecode
 
+import devices
+import run_files
 from hparams import HParams, HParamsError, create_hparams
+from messages import one_line
 from model import Tacotron2
-from runlock import pid_is_alive
 from text.symbols import get_symbols
 
 FORMAT_VERSION = 1
-LATEST = "checkpoint_LATEST"
-_checkpoint_name_re = re.compile(r"^checkpoint_(\d+)$")  # checkpoint_<step>, NVIDIA's naming
 
 
 class CheckpointError(ValueError):
@@ -40,34 +40,13 @@ def strip_module_prefix(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
 
 
-def list_checkpoints(run_dir: str) -> List[Tuple[int, str]]:
-    """Complete `checkpoint_<step>` files of a run folder, oldest first."""
-    if not os.path.isdir(run_dir):
-        return []
-    found = []
-    for name in os.listdir(run_dir):
-        match = _checkpoint_name_re.match(name)
-        path = os.path.join(run_dir, name)
-        if match and os.path.isfile(path):
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
 def resolve_checkpoint(path: str) -> str:
-    """Turns `.../checkpoint_LATEST` into the newest complete checkpoint of its folder."""
-    if os.path.basename(path) == LATEST:
-        run_dir = os.path.dirname(path) or "."
-        if os.path.isfile(path):  # a symlink to the newest, normally
-            return os.path.realpath(path)
-        found = list_checkpoints(run_dir)
-        if not found:
-            raise CheckpointError(f"{path}: no checkpoint_<step> file in {run_dir}; train first")
-        return found[-1][1]
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: no such checkpoint")
-    if os.path.isdir(path):
-        raise CheckpointError(f"{path}: is a folder; give a checkpoint file or .../{LATEST}")
-    return path
+    """`run_files.resolve` (`.../checkpoint_LATEST` -> the newest checkpoint), CheckpointError
+    when there is none."""
+    try:
+        return run_files.resolve(path)
+    except OSError as err:
+        raise CheckpointError(str(err)) from None
 
 
 # torch.save's two formats: a zip archive (torch >= 1.6), or the legacy stream that starts with
@@ -124,7 +103,7 @@ def _refusal(path: str, err: BaseException) -> str:
         with open(path, "rb") as f:
             head = f.read(64)
     except OSError as os_err:
-        return f"{path}: cannot read ({os_err.strerror or type(os_err).__name__})"
+        return f"{path}: cannot read ({one_line(os_err)})"
     # Readable here: an OSError of torch's (EINVAL on some cut zip files) is about the content.
     if size == 0:
         return f"{path}: truncated (the file is empty); copy it again or use an earlier checkpoint"
@@ -138,26 +117,18 @@ def _refusal(path: str, err: BaseException) -> str:
         if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
             return (f"{path}: not a PyTorch checkpoint (a zip archive without torch's data.pkl); "
                     f"give a checkpoint_<step> file or an NVIDIA .pt file")
-        return (f"{path}: damaged ({_first_sentence(err)}); copy it again or use an earlier "
-                f"checkpoint")
+        return (f"{path}: damaged ({one_line(err, limit=120, sentence=True)}); copy it again "
+                f"or use an earlier checkpoint")
     if head.startswith(_LEGACY_MAGIC):
         # the legacy stream has no directory to check: running out of bytes is the sign
         if isinstance(err, (EOFError, struct.error)) or "EOF" in str(err):
             return (f"{path}: truncated (torch's legacy format, ends after {size} bytes); copy "
                     f"it again or use an earlier checkpoint")
-        return (f"{path}: damaged (torch's legacy format: {_first_sentence(err)}); copy it "
-                f"again or use an earlier checkpoint")
+        reason = one_line(err, limit=120, sentence=True)
+        return (f"{path}: damaged (torch's legacy format: {reason}); copy it again or use an "
+                f"earlier checkpoint")
     return (f"{path}: not a PyTorch checkpoint ({_describe_start(head)}); give a "
             f"checkpoint_<step> file or an NVIDIA .pt file")
-
-
-def _first_sentence(err: BaseException) -> str:
-    """torch's reason in a few words: its first sentence, never cut mid-word."""
-    text = " ".join(str(err).split()) or type(err).__name__
-    sentence = text.split(". ")[0].rstrip(".")
-    if len(sentence) > 120:
-        sentence = sentence[:120].rsplit(" ", 1)[0] + " ..."
-    return sentence
 
 
 def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
@@ -203,8 +174,9 @@ def _rng_state() -> Dict[str, Any]:
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "python": {"version": version, "state": list(py_state), "gauss_next": gauss_next},
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    cuda_states = devices.rng_states()
+    if cuda_states is not None:
+        state["cuda"] = cuda_states
     return state
 
 
@@ -221,10 +193,8 @@ def restore_rng_state(state: Optional[Dict[str, Any]]) -> None:
     if "python" in state:
         py = state["python"]
         random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
-    if "cuda" in state and torch.cuda.is_available():
-        cuda_states = state["cuda"]
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
+    if "cuda" in state:
+        devices.set_rng_states(state["cuda"])  # left alone on a machine with another GPU count
 
 
 def save_checkpoint(path: str, *, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],
@@ -258,7 +228,7 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, optimizer: Optional[to
     }
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = run_files.temporary_path(path)
     try:
         torch.save(data, tmp)
         os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
@@ -266,91 +236,8 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, optimizer: Optional[to
         if os.path.exists(tmp):
             os.remove(tmp)
     if update_latest:
-        _point_latest(folder, os.path.basename(path))
+        run_files.RunFolder(folder).point_latest(path)
     return path
-
-
-def _point_latest(folder: str, name: str) -> None:
-    latest = os.path.join(folder, LATEST)
-    tmp = f"{latest}.tmp{os.getpid()}"
-    if os.path.lexists(tmp):
-        os.remove(tmp)
-    try:
-        os.symlink(name, tmp)
-    except OSError:
-        return  # no symlinks here (some filesystems): resolve_checkpoint scans the folder instead
-    os.replace(tmp, latest)
-
-
-def prune_checkpoints(run_dir: str, keep: int) -> List[str]:
-    """Deletes all but the `keep` newest checkpoints (0 keeps all); never the newest."""
-    if keep <= 0:
-        return []
-    found = list_checkpoints(run_dir)
-    removed = []
-    for _, path in found[:-max(keep, 1)]:
-        os.remove(path)
-        removed.append(path)
-    return removed
-
-
-# A temporary file of ours: `.tmp` then, for files written by save_checkpoint and _point_latest,
-# the writer's pid ("checkpoint_400.tmp12345", "checkpoint_LATEST.tmp12345"); the alignment
-# snapshots' temporaries ("step_400.npz.tmp.npz", or with a pid "step_400.tmp12345.npz") too.
-_temporary_re = re.compile(r"\.tmp(\d*)")
-
-
-def _temporaries(run_dir: str) -> List[str]:
-    """Temporaries of the run folder (checkpoints, checkpoint_LATEST, hparams.json,
-    diagnostics.jsonl: every writer there names its temporary `<target>.tmp<pid>`) and snapshot
-    temporaries of its alignments/."""
-    found = []
-    for folder, prefix in ((run_dir, ""), (os.path.join(run_dir, "alignments"), "")):
-        try:
-            names = os.listdir(folder)
-        except OSError:
-            continue
-        for name in names:
-            path = os.path.join(folder, name)
-            if name.startswith(prefix) and _temporary_re.search(name) and (
-                    os.path.islink(path) or os.path.isfile(path)):
-                found.append(path)
-    return sorted(found)
-
-
-def remove_orphan_temporaries(run_dir: str) -> List[str]:
-    """Deletes temporary files that no running save will finish; returns their paths.
-
-    A save writes `<target>.tmp<pid>` and renames it; a process killed in between (pre-emption,
-    out of memory) leaves the temporary behind, a checkpoint's worth of disk each time. One is
-    an orphan when its writer's pid is not a live process, or when it is older than the newest
-    checkpoint (any save it belonged to has been overtaken; this also covers the snapshot
-    temporaries that carry no pid, and pids reused by unrelated processes).
-
-    This process's own pid counts as not writing: saves are synchronous, so none of this
-    process's saves is under way while it runs this. That matters in containers, where a
-    restarted trainer often gets the pid of the one that died. Call it at start-up, after
-    taking the run lock (runlock.RunLock), never while another thread of this process saves.
-    """
-    checkpoints = list_checkpoints(run_dir)
-    newest_ns = os.stat(checkpoints[-1][1]).st_mtime_ns if checkpoints else None
-    removed = []
-    for path in _temporaries(run_dir):
-        digits = _temporary_re.search(os.path.basename(path)).group(1)
-        pid = int(digits) if digits else None
-        try:
-            mtime_ns = os.lstat(path).st_mtime_ns
-        except FileNotFoundError:
-            continue  # its save just finished (renamed) or another cleaner took it
-        overtaken = newest_ns is not None and mtime_ns < newest_ns
-        writer_gone = pid is not None and (pid == os.getpid() or not pid_is_alive(pid))
-        if overtaken or writer_gone:
-            try:
-                os.remove(path)
-            except FileNotFoundError:
-                continue
-            removed.append(path)
-    return removed
 
 
 def hparams_from_checkpoint(ckpt: Dict[str, Any], overrides: Optional[str] = None,
@@ -385,7 +272,7 @@ def model_from_checkpoint(path: str, device: Any = "cpu", hp_overrides: Optional
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as err:
-        summary = " ".join(str(err).split())[:300]
+        summary = one_line(err)
         raise CheckpointError(
             f"{ckpt['path']}: weights do not fit the model built from its hparams "
             f"({summary})") from None
@@ -451,6 +338,19 @@ def _transliterate_symbol(symbol: str) -> Optional[str]:
     return latin[0] if latin and latin[0].isalpha() else None
 
 
+# An optimizer's kernel choice belongs to the machine it runs on, not to the checkpoint: a run
+# saved with the fused Adam kernel resumes where there is none, and the other way round.
+_IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def _with_implementation_of(optimizer: torch.optim.Optimizer,
+                            state: Dict[str, Any]) -> Dict[str, Any]:
+    """`state` (an optimizer state_dict) with `optimizer`'s own kernel choices in its groups."""
+    groups = [{**saved, **{k: current[k] for k in _IMPLEMENTATION_KEYS if k in current}}
+              for saved, current in zip(state.get("param_groups", []), optimizer.param_groups)]
+    return {**state, "param_groups": groups}
+
+
 def restore_training_state(ckpt: Dict[str, Any], model: torch.nn.Module,
                            optimizer: torch.optim.Optimizer, scheduler: Any = None,
                            scaler: Any = None) -> Dict[str, Any]:
@@ -469,9 +369,9 @@ def restore_training_state(ckpt: Dict[str, Any], model: torch.nn.Module,
         raise CheckpointError(
             f"{ckpt['path']}: its weights do not fit the model of these hparams (a changed "
             f"model size? use --warm_start to load what fits): "
-            f"{' '.join(str(err).split())[:200]}") from None
+            f"{one_line(err, limit=200)}") from None
     if ckpt.get("optimizer"):
-        optimizer.load_state_dict(ckpt["optimizer"])
+        optimizer.load_state_dict(_with_implementation_of(optimizer, ckpt["optimizer"]))
     if scheduler is not None and ckpt.get("scheduler"):
         scheduler.load_state_dict(ckpt["scheduler"])
     if scaler is not None and scaler.is_enabled() and ckpt.get("scaler"):

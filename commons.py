@@ -1,6 +1,6 @@
 """Small helpers shared by the model, the loss, training, inference and the diagnostics.
 
-One implementation each: masks, decoder lengths, device choice, autocast. Tensors are built on
+One implementation each: masks, decoder lengths, autocast, the guided-attention matrix. Tensors are built on
 the device of the lengths passed in.
 """
 from __future__ import annotations
@@ -9,10 +9,6 @@ import contextlib
 from typing import Any, ContextManager, Optional
 
 import torch
-
-
-class DeviceError(ValueError):
-    """A device name that cannot be used on this machine."""
 
 
 def sequence_mask(lengths: torch.Tensor, max_len: Optional[int] = None) -> torch.Tensor:
@@ -43,27 +39,6 @@ def decoder_lengths(mel_lengths: Any, n_frames_per_step: int) -> Any:
     """
     r = int(n_frames_per_step)
     return (mel_lengths + (r - 1)) // r
-
-
-def choose_device(name: Optional[str] = None) -> torch.device:
-    """The device to run on: `name` ("cpu", "cuda", "cuda:1", "mps"), else CUDA when available.
-
-    Raises:
-        DeviceError: a name torch does not know, or a CUDA device this machine does not have.
-    """
-    if not name:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DeviceError(f"--device {name}: not a device name (cpu, cuda, cuda:1 ...)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(f"--device {name}: CUDA is not available here; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(f"--device {name}: this machine has {torch.cuda.device_count()} "
-                              f"CUDA device(s)")
-    return device
 
 
 def autocast_context(precision: str, device: torch.device) -> ContextManager:

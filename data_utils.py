@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import signal
 import tempfile
@@ -20,7 +21,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from audio import (AUDIO_HPARAMS, AudioError, audio_info, mel_from_file,
                    sample_rate_message)
+import devices
 from commons import decoder_lengths
+from messages import one_line
 from text import ArpabetError, UnknownCharacterError, text_to_sequence
 
 # Bumped when the mel recipe changes in a way the hparams do not show, so old caches go stale.
@@ -48,10 +51,6 @@ class FilelistEntry(NamedTuple):
 
 
 # ---------------------------------------------------------------------------- filelists
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
-
 
 def audio_candidates(audio: str, filelist: str, data_root: str) -> List[str]:
     """Where a filelist's audio path may live, in the order they are tried."""
@@ -100,7 +99,7 @@ def _no_such_filelist(filelist: str) -> str:
     except FileNotFoundError:
         return f"no such filelist; the folder {shown} does not exist"
     except OSError as err:
-        return f"no such filelist; cannot list {shown}: {_one_line(err)}"
+        return f"no such filelist; cannot list {shown}: {one_line(err)}"
     lists = [n for n in names if n.lower().endswith(_FILELIST_SUFFIXES)] or names
     if not lists:
         return f"no such filelist; {shown} holds no files"
@@ -154,7 +153,7 @@ def read_filelist(path: str | os.PathLike, data_root: str = "", check_exists: bo
         fault("bad_filelist", 0, _no_such_filelist(filelist))
         return [], problems
     except OSError as err:
-        fault("bad_filelist", 0, f"cannot read filelist: {_one_line(err)}")
+        fault("bad_filelist", 0, f"cannot read filelist: {one_line(err)}")
         return [], problems
     if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark some editors write
         raw = raw[3:]
@@ -268,9 +267,9 @@ class TextMelDataset(Dataset):
             ids = text_to_sequence(entry.text, list(self.hp.text_cleaners), self.hp.symbol_set,
                                    self.hp.drop_unknown_chars)
         except UnknownCharacterError as err:
-            raise DataError(f"{entry.filelist}:{entry.line}: {_one_line(err)}") from None
+            raise DataError(f"{entry.filelist}:{entry.line}: {one_line(err)}") from None
         except ArpabetError as err:
-            raise DataError(f"{entry.filelist}:{entry.line}: {_one_line(err)}") from None
+            raise DataError(f"{entry.filelist}:{entry.line}: {one_line(err)}") from None
         if not ids:
             raise DataError(f"{entry.filelist}:{entry.line}: the text {entry.text!r} is empty "
                             f"after cleaning")
@@ -309,7 +308,7 @@ class TextMelDataset(Dataset):
             cached = self.cache_path(index)
         except OSError as err:  # the file vanished since the filelist was read
             raise DataError(f"{entry.filelist}:{entry.line}: {entry.audio_path}: "
-                            f"{_one_line(err)}") from None
+                            f"{one_line(err)}") from None
         if cached and os.path.isfile(cached):
             try:
                 mel = np.load(cached, allow_pickle=False)
@@ -688,6 +687,27 @@ def ignore_stop_signals(_worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def worker_context() -> Optional[multiprocessing.context.BaseContext]:
+    """The multiprocessing context of the loaders' workers (`devices.worker_start_method`).
+
+    A fork server imports this module by name before it forks a worker, and Python's fork
+    server does not pass on sys.path (only the environment): the folder of this module goes
+    into PYTHONPATH before the server starts. None = the platform's default (fork on Linux).
+    """
+    method = devices.worker_start_method()
+    if method is None:
+        return None
+    if method == "forkserver":
+        root = os.path.dirname(os.path.abspath(__file__))
+        paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if root not in paths:
+            os.environ["PYTHONPATH"] = os.pathsep.join([root] + paths)
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["data_utils"])
+        return context
+    return multiprocessing.get_context(method)
+
+
 def prepare_dataloaders(hp, run_dir: Optional[str] = None, rank: int = 0, world_size: int = 1
                         ) -> Tuple[DataLoader, DataLoader, TextMelDataset, TextMelDataset]:
     """Datasets and loaders of hp.training_files and hp.validation_files.
@@ -713,9 +733,10 @@ def prepare_dataloaders(hp, run_dir: Optional[str] = None, rank: int = 0, world_
         train_set.mel_lengths_estimate, hp.batch_size, shuffle=True, seed=hp.seed,
         num_replicas=world_size, rank=rank, bucket_size_multiplier=hp.bucket_size_multiplier,
         bucket=hp.bucket_batches, text_lengths=train_set.text_lengths)
-    pin = torch.cuda.is_available()
+    pin = devices.pin_memory()
     workers = dict(num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0,
-                   worker_init_fn=ignore_stop_signals if hp.num_workers > 0 else None)
+                   worker_init_fn=ignore_stop_signals if hp.num_workers > 0 else None,
+                   multiprocessing_context=worker_context() if hp.num_workers > 0 else None)
     train_loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate,
                               pin_memory=pin, generator=loader_generator(hp.seed), **workers)
     val_loader = DataLoader(val_set, batch_size=hp.batch_size, shuffle=False,

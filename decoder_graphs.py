@@ -32,12 +32,13 @@ and the `cuda` tests compare the captured graphs with the eager loop on a GPU.
 from __future__ import annotations
 
 import copy
-from typing import Callable, Dict, Iterator, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple
 
 import torch
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+import devices
 from decoder_step import (DecoderState, DropoutMasks, MemoryContext, StepHistory, StepInput,
                           StepOutput)
 
@@ -99,12 +100,12 @@ class StepGraph:
     """
 
     def __init__(self, body: Callable[[], None], device: torch.device,
-                 pool: Optional[tuple], stream: Optional["torch.cuda.Stream"]) -> None:
+                 pool: Optional[tuple], stream: Optional[Any]) -> None:
         self.body = body
         self.device = device
         self.pool = pool
         self.stream = stream
-        self.graph: Optional["torch.cuda.CUDAGraph"] = None
+        self.graph: Optional[Any] = None
         self.calls = 0
 
     def __call__(self) -> None:
@@ -114,18 +115,16 @@ class StepGraph:
         if self.device.type != "cuda":
             self.body()
             return
-        current = torch.cuda.current_stream(self.device)
+        current = devices.current_stream(self.device)
         if self.calls < WARMUP_CALLS:
             self.stream.wait_stream(current)
-            with torch.cuda.stream(self.stream):
+            with devices.on_stream(self.stream):
                 self.body()
             current.wait_stream(self.stream)
             self.calls += 1
             return
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: the DataLoader's pin-memory thread may call CUDA while we capture.
-        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream,
-                              capture_error_mode="thread_local"):
+        graph = devices.new_graph()
+        with devices.capture(graph, self.pool, self.stream):
             self.body()
         self.graph = graph
         graph.replay()
@@ -254,7 +253,7 @@ class StaticDecoderLoop:
         self._text_capacity: Dict[Tuple[torch.device, int], int] = {}
         self._last_teacher: Optional[Tuple[_TeacherBuffers, int]] = None
         self._pools: Dict[torch.device, tuple] = {}
-        self._streams: Dict[torch.device, "torch.cuda.Stream"] = {}
+        self._streams: Dict[torch.device, Any] = {}
 
     def __deepcopy__(self, memo: dict) -> "StaticDecoderLoop":
         # Buffers and captured graphs belong to one decoder and cannot be copied; a copied
@@ -275,9 +274,9 @@ class StaticDecoderLoop:
         if device.type != "cuda":
             return StepGraph(body, device, None, None)
         if device not in self._pools:
-            with torch.cuda.device(device):
-                self._pools[device] = torch.cuda.graph_pool_handle()
-                self._streams[device] = torch.cuda.Stream(device)
+            with devices.on_device(device):
+                self._pools[device] = devices.graph_pool()
+                self._streams[device] = devices.new_stream(device)
         return StepGraph(body, device, self._pools[device], self._streams[device])
 
     def pad_text(self, memory: torch.Tensor) -> torch.Tensor:

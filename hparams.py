@@ -43,6 +43,13 @@ class HParams:
     iters_per_audio: int = 5  # a Griffin-Lim sample every this many validations
     free_running_every: int = 1  # free-running decoding every this many validations; 0 = never
     free_running_items: int = 4  # validation items decoded from text alone
+    # Speech quality of the free-running decodes (quality.py: MCD-DTW; English: word error rate
+    # of their Griffin-Lim audio when pocketsphinx is installed), every this many free-running
+    # validations; 0 = never. The recordings' own scores (the references) once per run.
+    iters_per_quality: int = 5
+    quality_items: int = 4  # the first free-running items scored (at most free_running_items)
+    quality_griffin_lim_iters: int = 30
+    quality_patience: int = 5  # quality validations without improvement: flag 6 on an aligned run
     ignore_layers: List[str] = field(default_factory=lambda: ["embedding.weight"])  # warm start
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on the device's type)
     compile: bool = False  # torch.compile the decoder step
@@ -229,8 +236,9 @@ class HParams:
                  "iters_per_checkpoint", "iters_per_log", "sampling_rate", "hop_length",
                  "filter_length", "win_length", "n_mel_channels", "max_decoder_steps", "epochs",
                  "free_running_items", "bucket_size_multiplier", "divergence_window",
-                 "max_bad_steps")
-        at_least(0, "attention_window", "max_steps", "keep_checkpoints", "iters_per_audio", "free_running_every",
+                 "max_bad_steps", "quality_items", "quality_griffin_lim_iters", "quality_patience")
+        at_least(0, "attention_window", "max_steps", "keep_checkpoints", "iters_per_audio",
+                 "free_running_every", "iters_per_quality",
                  "num_workers", "curriculum_steps", "lr_patience_steps", "guide_decay_start",
                  "guide_decay_steps", "red_flag_start_step", "red_flag_patience",
                  "weight_decay", "guide_loss_weight", "guide_scale", "remedy_guide_loss_weight",

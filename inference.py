@@ -31,9 +31,11 @@ import plotting
 from alignment_metrics import alignment_metrics, free_running_metrics
 from audio import MEL_CLIP_VALUE, griffin_lim, save_wav
 from checkpoint import CheckpointError, model_from_checkpoint
-from commons import DeviceError, choose_device, decoder_lengths
+from commons import decoder_lengths
 from data_utils import DataError, read_filelist
+from devices import DeviceError, choose_device
 from hparams import HParams, HParamsError
+from run_files import LATEST
 from text import ArpabetError, UnknownCharacterError, UnknownCleanerError, text_to_sequence
 
 
@@ -198,7 +200,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="inference.py", description="Text to mel (.npy), Griffin-Lim wav and attention plot.")
     parser.add_argument("-c", "--checkpoint", required=True,
-                        help="checkpoint file, run/checkpoint_LATEST, or an NVIDIA state_dict")
+                        help=f"checkpoint file, run/{LATEST}, or an NVIDIA state_dict")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", help="one sentence")
     source.add_argument("--text_file", help="UTF-8 file, one sentence per line")

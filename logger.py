@@ -7,11 +7,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import numpy as np
 
 import plotting
+
+if TYPE_CHECKING:  # types only: the logger needs neither module to run
+    from run_files import ValidationRecord
+    from validation import FreeRunningResult
+
 
 class TrainLogger:
     """Text log + TensorBoard for one run.
@@ -118,39 +123,51 @@ def log_training(logger: TrainLogger, step: int, losses: Dict[str, float], guide
     }, step)
 
 
-def log_validation(logger: TrainLogger, step: int, losses: Dict[str, float],
-                   guided_weight: float, record: Dict[str, Any],
-                   free: Optional[Dict[str, Any]]) -> None:
+def log_validation(logger: TrainLogger, record: "ValidationRecord") -> None:
     """train.log lines and scalars of one validation (teacher-forced and free-running)."""
-    metrics = record["metrics"]
-    failures = {k: v for k, v in record["failure_counts"].items() if v}
+    step, losses, metrics = record.step, record.losses, record.metrics
+    failures = {k: v for k, v in record.failure_counts.items() if v}
     logger.info(
-        f"validation step {step}: loss {loss_parts_line(losses, guided_weight)}; diagonality "
-        f"{metrics['diagonal_score']:.3f} focus {metrics['focus_score']:.3f} coverage "
-        f"{metrics['coverage']:.3f} max_attention {metrics['max_attention']:.3f}; healthy "
-        f"{record['healthy']}/{record['n_items']}, failures {failures or 'none'}")
+        f"validation step {step}: loss {loss_parts_line(losses, record.guided_weight)}; "
+        f"diagonality {metrics['diagonal_score']:.3f} focus {metrics['focus_score']:.3f} "
+        f"coverage {metrics['coverage']:.3f} max_attention {metrics['max_attention']:.3f}; "
+        f"healthy {record.healthy}/{record.n_items}, failures {failures or 'none'}")
     scalars = {"validation.loss": losses["total"], "validation.mel_loss": losses["mel"],
                "validation.mel_postnet_loss": losses["mel_postnet"],
                "validation.gate_loss": losses["gate"],
                "validation.attention_loss": losses["guided_attn"]}
     scalars.update({f"alignment.{k}": v for k, v in metrics.items()})
+    free = record.free_running
     if free is not None:
-        near = free["near_length_share"]
+        near = free.near_length_share
         logger.info(
-            f"free-running step {step}: diagonality {free['diagonal_score']:.3f}, reading "
-            f"diagonality {free['reading_diagonal_score']:.3f} (read to the end "
-            f"{free['end_reached_share']:.0%}); gate stopped {free['stopped_share']:.0%}, near "
-            f"the true length {near:.0%}, runs on after the text {free['runs_on_share']:.0%} of "
-            f"{free['items']} items")
-        scalars.update({f"alignment_free.{k}": free[k] for k in (
+            f"free-running step {step}: diagonality {free.diagonal_score:.3f}, reading "
+            f"diagonality {free.reading_diagonal_score:.3f} (read to the end "
+            f"{free.end_reached_share:.0%}); gate stopped {free.stopped_share:.0%}, near "
+            f"the true length {near:.0%}, runs on after the text {free.runs_on_share:.0%} of "
+            f"{free.items} items")
+        scalars.update({f"alignment_free.{k}": getattr(free, k) for k in (
             "diagonal_score", "reading_diagonal_score", "focus_score", "end_reached_share",
             "stopped_share", "near_length_share", "runs_on_share")})
+    if record.quality is not None:
+        scalars.update(quality_scalars(record.quality))
     logger.scalars(scalars, step)
 
 
+def quality_scalars(quality: Dict[str, Any]) -> Dict[str, float]:
+    """TensorBoard's `quality.*` tags of a validation's quality scores and their references
+    (None values, e.g. no recogniser, are left out)."""
+    refs = quality.get("references") or {}
+    values = {"quality.mcd_db": quality.get("mean_mcd"), "quality.wer": quality.get("wer"),
+              "quality.mcd_griffin_lim_db": refs.get("griffin_lim_mcd"),
+              "quality.mcd_hum_db": refs.get("flat_mcd"),
+              "quality.wer_griffin_lim": refs.get("griffin_lim_wer")}
+    return {k: float(v) for k, v in values.items() if v is not None}
+
+
 def log_validation_images(logger: TrainLogger, step: int, example: Dict[str, np.ndarray],
-                          diagonal: float, band: float, free: Optional[Dict[str, Any]] = None
-                          ) -> None:
+                          diagonal: float, band: float,
+                          free: Optional["FreeRunningResult"] = None) -> None:
     """NVIDIA's image tags for the validation set's first item (true lengths, no padding), the
     attention pictures titled with their step and score."""
     if not logger.enabled:
@@ -164,6 +181,6 @@ def log_validation_images(logger: TrainLogger, step: int, example: Dict[str, np.
     logger.image("gate", plotting.gate_image(example["gate_target"], example["gate_prob"]), step)
     if free is not None:
         logger.image("alignment_free", plotting.alignment_image(
-            free["example"], f"free-running, step {step}: diagonality "
-            f"{free['diagonal_score']:.2f}, reading {free['reading_diagonal_score']:.2f}", band,
-            reading_end=free["reading_end"]), step)
+            free.example, f"free-running, step {step}: diagonality "
+            f"{free.scores.diagonal_score:.2f}, reading {free.scores.reading_diagonal_score:.2f}",
+            band, reading_end=free.reading_end), step)

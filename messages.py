@@ -36,6 +36,24 @@ def check_language(lang: str) -> str:
     return lang
 
 
+def one_line(err: BaseException, limit: int = 300, sentence: bool = False) -> str:
+    """An error as the one line a user sees after a file's name: the one helper for it.
+
+    Whitespace and line breaks collapse to single spaces; an OSError gives its strerror
+    ("No such file or directory"); `sentence` keeps only the first sentence; the text is cut at
+    a word boundary past `limit` characters (" ..."); an empty message gives the error's type.
+    """
+    if isinstance(err, OSError) and err.strerror:
+        text = err.strerror
+    else:
+        text = " ".join(str(err).split())
+    if sentence:
+        text = text.split(". ")[0].rstrip(".")
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text or type(err).__name__
+
+
 def message(lang: str, key: str, **fields: Any) -> str:
     """The text of `key` in `lang`, its placeholders filled from `fields`."""
     return MESSAGES[check_language(lang)][key].format(**fields)

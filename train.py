@@ -13,39 +13,49 @@ saving a checkpoint).
 from __future__ import annotations
 
 import argparse
+import enum
 import json
 import math
 import os
 import signal
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from check_data import check_filelists
-from checkpoint import (CheckpointError, hparams_from_checkpoint, list_checkpoints,
-                        load_checkpoint, prune_checkpoints, remove_orphan_temporaries,
+from checkpoint import (CheckpointError, hparams_from_checkpoint, load_checkpoint,
                         restore_training_state, save_checkpoint, warm_start_state)
-from commons import DeviceError, autocast_context, choose_device
+import devices
+from commons import autocast_context
 from data_utils import (DataError, SamplerStateError, curriculum_max_text_length,
                         prepare_dataloaders)
-from guardrails import (DIVERGENCE_FLAG, AlignmentGuard, DivergenceGuard, criterion_for_step,
-                        remediated_hparams)
+from guardrails import (MAX_ROLLBACKS, Action, AlignmentGuard, DivergenceGuard, FlagKind,
+                        RedFlag, criterion_for_step, quality_line, remediated_hparams,
+                        status_line)
 from hparams import HParams, HParamsError, create_hparams
 from logger import TrainLogger, log_training, log_validation, log_validation_images
-from loss_function import Tacotron2Loss, guided_attention_weight
+from loss_function import LossParts, Tacotron2Loss, guided_attention_weight
 from model import Tacotron2
+from run_files import RunFolder, ValidationRecord
 from runlock import RunLock, RunLockedError
 from text.symbols import get_symbols
-from validation import free_running, validate
+from validation import free_running, quality_references, score_quality, validate
 
 EXIT_BAD_INPUT = 2
 EXIT_RED_FLAG = 3
-MAX_ROLLBACKS = 3  # divergence rollbacks before the run stops: lowering the rate did not help
-CONTINUE, NEW_EPOCH, ROLLBACK, DONE = "continue", "new_epoch", "rollback", "done"
+
+
+class StepOutcome(enum.Enum):
+    """What the loop does after a step: go on, start a new epoch (a remediation's curriculum
+    starts from the short texts), roll back (divergence), or stop (a red flag; exit 3)."""
+    CONTINUE = "continue"
+    NEW_EPOCH = "new_epoch"
+    ROLLBACK = "rollback"
+    STOP = "stop"
 
 
 class RunSetupError(ValueError):
@@ -76,17 +86,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------- set-up
 def setup_device(device_arg: Optional[str]) -> Tuple[int, int, torch.device]:
-    """(rank, world_size, device); under torchrun each rank takes its LOCAL_RANK's GPU."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    device = choose_device(device_arg)
-    if device.type == "cuda" and world_size > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: same accuracy class as fp32 for us
-        torch.backends.cudnn.allow_tf32 = True
-    return rank, world_size, device
+    """(rank, world_size, device): `devices.setup_device`, an indexed CUDA device (under
+    torchrun LOCAL_RANK's), TF32 on."""
+    return tuple(devices.setup_device(device_arg))
 
 
 def usable_folder(path: str, flag: str) -> str:
@@ -154,6 +156,7 @@ class Run:
             raise RunSetupError(f"--max_minutes {args.max_minutes}: must be > 0")
         self.rank, self.world_size, self.device = setup_device(args.device)
         self.run_dir = os.path.join(args.output_directory, args.run_name)
+        self.folder = RunFolder(self.run_dir)
         self.stop_signal: Optional[int] = None
         self.started = time.time()
         self.step = 0
@@ -219,8 +222,7 @@ class Trainer:
         hp, device = run.hp, run.device
         self.symbols = get_symbols(hp.symbol_set)
         self.model = Tacotron2(hp).to(device)  # the bare model: checkpoints and validation
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=hp.learning_rate,
-                                          weight_decay=hp.weight_decay)
+        self.optimizer = make_optimizer(self.model, hp)
         self.scheduler = make_scheduler(self.optimizer, hp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=hp.precision == "fp16")
         self.criterion = Tacotron2Loss(hp)
@@ -231,13 +233,19 @@ class Trainer:
         if run.world_size > 1:
             self.stepper = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        # Steps whose figures are still on the device: read together at the next log line,
+        # checkpoint or validation (`settle`), never one host synchronisation per step.
+        self.pending: List[Tuple[int, "StepTensors"]] = []
+        self.clock = time.perf_counter()
+        self.quality_references: Optional[Dict[str, Any]] = None
+        self.quality_notice_given = False
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, step: int) -> None:
         run = self.run
         if not run.is_main:
             return
-        path = os.path.join(run.run_dir, f"checkpoint_{step}")
+        path = run.folder.checkpoint_path(step)
         save_checkpoint(path, model=self.model, optimizer=self.optimizer, hp=run.hp, step=step,
                         scheduler=self.scheduler, scaler=self.scaler, symbols=self.symbols,
                         extra={"guard": run.guard.state_dict(),
@@ -245,8 +253,9 @@ class Trainer:
                                "epoch": run.epoch, "batch_in_epoch": run.batch_in_epoch,
                                "sampler": self.sampler.state_dict(position=run.batch_in_epoch),
                                "validations": run.validations})
-        prune_checkpoints(run.run_dir, run.hp.keep_checkpoints)
+        run.folder.prune(run.hp.keep_checkpoints)
         run.logger.info(f"saved {path}")
+        self.clock = time.perf_counter()
 
     def restore(self, ckpt: Dict[str, Any]) -> None:
         """The whole training state of `ckpt`: weights, optimizer, scheduler, scaler, RNGs,
@@ -260,6 +269,7 @@ class Trainer:
         run.epoch = int(extra.get("epoch", 0))
         run.batch_in_epoch = int(extra.get("batch_in_epoch", 0))
         run.validations = int(extra.get("validations", 0))
+        self.pending = []
         if extra.get("sampler"):
             try:
                 self.sampler.load_state_dict(extra["sampler"])
@@ -271,7 +281,7 @@ class Trainer:
                 run.epoch += 1
                 run.batch_in_epoch = 0
         if run.is_main:
-            dropped = truncate_run_files(run.run_dir, run.step)
+            dropped = run.folder.truncate_after(run.step)
             if dropped:
                 run.logger.info(f"dropped {dropped} validation record(s) and snapshot(s) newer "
                                 f"than step {run.step}")
@@ -298,88 +308,112 @@ class Trainer:
         """The training loop; returns the exit status."""
         run = self.run
         self.model.train()
-        status, last_saved = 0, -1
+        last_saved = -1
+        self.clock = time.perf_counter()
+        outcome = StepOutcome.CONTINUE
         while run.epoch < run.hp.epochs and not run.reached_max():
             self.start_epoch()
-            event = CONTINUE
             for batch in self.train_loader:
                 run.step += 1
                 run.batch_in_epoch += 1
-                event, status = self.one_step(batch)
-                if event == DONE or status:
+                outcome = self.one_step(batch)
+                if outcome is StepOutcome.STOP:
                     break
                 if run.step % run.hp.iters_per_checkpoint == 0:
                     self.save(run.step)
                     last_saved = run.step
-                if event != CONTINUE or run.stop_signal is not None or run.reached_max():
+                if (outcome is not StepOutcome.CONTINUE or run.stop_signal is not None
+                        or run.reached_max()):
                     break
             else:
                 run.epoch += 1  # a whole epoch went through
                 run.batch_in_epoch = 0
-                continue
-            if status or run.stop_signal is not None:
+                outcome = self.settle()  # the figures of the epoch's last steps
+            if outcome is StepOutcome.ROLLBACK:
+                outcome = self.roll_back()
+            if outcome is StepOutcome.STOP or run.stop_signal is not None:
                 break
-            if event == ROLLBACK:
-                status = self.roll_back()
-                if status:
-                    break
-        if status == 0:
-            if last_saved != run.step:
-                self.save(run.step)
-            if run.stop_signal is not None:
-                run.logger.info(f"stopped by signal {run.stop_signal} at step {run.step}; "
-                                f"checkpoint saved. Resume with: python train.py -c "
-                                f"{os.path.join(run.run_dir, 'checkpoint_LATEST')}")
-                status = 128 + run.stop_signal
-            else:
-                run.logger.info(f"finished at step {run.step}")
-        return status
+        if outcome is StepOutcome.STOP:
+            return EXIT_RED_FLAG
+        if last_saved != run.step:
+            self.save(run.step)
+        if run.stop_signal is not None:
+            run.logger.info(f"stopped by signal {run.stop_signal} at step {run.step}; "
+                            f"checkpoint saved. Resume with: python train.py -c "
+                            f"{run.folder.latest_path}")
+            return 128 + run.stop_signal
+        run.logger.info(f"finished at step {run.step}")
+        return 0
 
-    def one_step(self, batch) -> Tuple[str, int]:
-        """A training step, its divergence check, log line and validation: (event, status)."""
+    def one_step(self, batch) -> StepOutcome:
+        """A training step; at a log line, checkpoint, validation or the end, the figures of
+        the steps since the last such point, their divergence check and the validation."""
         run = self.run
-        tick = time.perf_counter()
-        losses, grad_norm, weight = train_step(self.stepper, batch, self.criterion,
-                                               self.optimizer, self.scaler, run)
-        seconds = time.perf_counter() - tick
-        flag = run.divergence.observe(run.step, losses["total"],
-                                      None if self.scaler.is_enabled() else grad_norm, run.hp)
-        if run.step % run.hp.iters_per_log == 0 or flag is not None:
-            log_training(run.logger, run.step, losses, weight,
-                         self.optimizer.param_groups[0]["lr"], grad_norm, seconds,
-                         run.divergence.skipped_total)
-        if flag is not None:
-            run.logger.warning(f"step {run.step}: red flag {flag['id']} ({flag['name']}): "
-                               f"{flag['message']}")
-            if run.hp.red_flag_action == "remediate":
-                return ROLLBACK, 0
-            if run.hp.red_flag_action == "stop":
-                return DONE, self.stop(run.step, [flag], f"step {run.step}: {flag['message']}. "
-                                       f"Lower the learning rate (now "
-                                       f"{self.optimizer.param_groups[0]['lr']:g})")
-        if run.step % run.hp.iters_per_validation == 0:
-            return self.validation_round()
-        return CONTINUE, 0
+        hp, step = run.hp, run.step
+        self.pending.append((step, train_step(self.stepper, batch, self.criterion,
+                                              self.optimizer, self.scaler, run)))
+        due = (step % hp.iters_per_log == 0 or step % hp.iters_per_validation == 0
+               or step % hp.iters_per_checkpoint == 0 or run.stop_signal is not None
+               or run.reached_max())
+        if not due:
+            return StepOutcome.CONTINUE
+        outcome = self.settle()
+        if outcome is StepOutcome.CONTINUE and step % hp.iters_per_validation == 0:
+            outcome = self.validation_round()
+            self.clock = time.perf_counter()
+        return outcome
 
-    def roll_back(self) -> int:
-        """Back to the newest checkpoint before this step with the learning rate lowered; 0, or
-        the red-flag status when there is none or rolling back has not helped."""
+    def settle(self) -> StepOutcome:
+        """Reads the pending steps' figures (one host synchronisation for all of them), gives
+        each to the divergence guard in order, and writes the log lines that are due.
+
+        A non-finite step has already been skipped on the device (`train_step`); what the
+        guard decides here (a divergence red flag) is acted on at this step.
+        """
+        run = self.run
+        if not self.pending:
+            return StepOutcome.CONTINUE
+        pending, self.pending = self.pending, []
+        now = time.perf_counter()
+        seconds, self.clock = (now - self.clock) / len(pending), now
+        learning_rate = self.optimizer.param_groups[0]["lr"]
+        for (step, tensors), (losses, grad_norm) in zip(pending, read_steps(
+                [t for _, t in pending])):
+            flag = run.divergence.observe(step, losses["total"],
+                                          None if self.scaler.is_enabled() else grad_norm, run.hp)
+            if step % run.hp.iters_per_log == 0 or flag is not None:
+                log_training(run.logger, step, losses, tensors.weight, learning_rate, grad_norm,
+                             seconds, run.divergence.skipped_total)
+            if flag is None:
+                continue
+            run.logger.warning(f"step {step}: {flag.line()}")
+            action = Action(run.hp.red_flag_action)
+            if action is Action.REMEDIATE:
+                return StepOutcome.ROLLBACK
+            if action is Action.STOP:
+                self.stop(run.step, [flag], f"step {step}: {flag.message}. Lower the learning "
+                                            f"rate (now {learning_rate:g})")
+                return StepOutcome.STOP
+        return StepOutcome.CONTINUE
+
+    def roll_back(self) -> StepOutcome:
+        """Back to the newest checkpoint before this step with the learning rate lowered;
+        STOP when there is none or rolling back has not helped."""
         run = self.run
         factor = run.hp.divergence_lr_factor
-        older = [(s, p) for s, p in list_checkpoints(run.run_dir) if s < run.step]
-        rollbacks = run.divergence.rollbacks + 1
-        if not older or rollbacks > MAX_ROLLBACKS:
+        older = [(s, p) for s, p in run.folder.checkpoints() if s < run.step]
+        if not older or not run.divergence.can_roll_back():
             why = ("no checkpoint to roll back to" if not older
                    else f"{MAX_ROLLBACKS} rollbacks did not help")
-            flag = {"id": DIVERGENCE_FLAG, "name": "divergence", "message": why}
-            return self.stop(run.step, [flag], f"step {run.step}: divergence: {why}. Lower the "
-                             f"learning rate (now {run.hp.learning_rate:g}, e.g. "
-                             f"learning_rate={run.hp.learning_rate * factor:g}) and start again")
+            flag = RedFlag(FlagKind.DIVERGENCE, why, FlagKind.DIVERGENCE.display_name())
+            self.stop(run.step, [flag], f"step {run.step}: divergence: {why}. Lower the "
+                      f"learning rate (now {run.hp.learning_rate:g}, e.g. "
+                      f"learning_rate={run.hp.learning_rate * factor:g}) and start again")
+            return StepOutcome.STOP
         step, path = older[-1]
-        diverged_at = run.step
+        diverged_at, before = run.step, run.divergence
         self.restore(load_checkpoint(path, map_location="cpu"))
-        run.divergence.rollbacks = rollbacks - 1
-        run.divergence.reset_after_rollback()
+        run.divergence.continue_after_rollback(before)
         run.hp = run.hp.replace(learning_rate=run.hp.learning_rate * factor,
                                 min_learning_rate=min(run.hp.min_learning_rate,
                                                       run.hp.learning_rate * factor))
@@ -393,37 +427,39 @@ class Trainer:
                    f"(rollback {run.divergence.rollbacks} of at most {MAX_ROLLBACKS})")
         run.logger.warning(message)
         run.logger.text("red_flags", message, run.step)
-        return 0
+        self.clock = time.perf_counter()
+        return StepOutcome.CONTINUE
 
-    def stop(self, step: int, flags: List[Dict[str, Any]], message: str) -> int:
-        """A red-flag stop: checkpoint (unless it diverged), report, EXIT_RED_FLAG."""
+    def stop(self, step: int, flags: List[RedFlag], message: str) -> None:
+        """A red-flag stop: checkpoint (unless it diverged) and report; the run exits 3."""
         run = self.run
         if run.is_main:
-            if not any(f["id"] == DIVERGENCE_FLAG for f in flags):
+            if not any(f.kind is FlagKind.DIVERGENCE for f in flags):
                 self.save(step)
             path = write_stop_report(run, step, flags, message)
             run.logger.info(f"RED FLAG STOP. {message}")
             run.logger.info(f"report: {path}")
             print(f"RED FLAG STOP at step {step}: {message}", file=sys.stderr)
-        return EXIT_RED_FLAG
 
     # ------------------------------------------------------------------ validation
-    def validation_round(self) -> Tuple[str, int]:
-        """Validation, diagnostics, milestones and red flags: (event, status)."""
+    def validation_round(self) -> StepOutcome:
+        """Validation, diagnostics, milestones and red flags on rank 0; every rank follows its
+        decision."""
         run = self.run
         hp, step = run.hp, run.step
+        actions = list(Action)
         decision_code = torch.zeros(1, dtype=torch.long, device=run.device)  # NCCL wants the GPU
         if run.is_main:
             decision = self._validate_and_judge()
-            decision_code[0] = {"remediate": 1, "stop": 2}.get(decision.action, 0)
-            if decision.action == "stop":
+            decision_code[0] = actions.index(decision.action)
+            if decision.action is Action.STOP:
                 self.stop(step, decision.flags, decision.message)
         if run.world_size > 1:
             dist.broadcast(decision_code, src=0)  # every rank takes rank 0's decision
-        code = int(decision_code.item())
-        if code == 2:
-            return DONE, EXIT_RED_FLAG
-        if code == 1:
+        action = actions[int(decision_code.item())]
+        if action is Action.STOP:
+            return StepOutcome.STOP
+        if action is Action.REMEDIATE:
             run.hp = remediated_hparams(hp)
             if not run.is_main and not hp.curriculum:
                 run.guard.curriculum_from = step  # rank 0's guard set it; the others learn it here
@@ -431,8 +467,29 @@ class Trainer:
             # The curriculum takes effect at once: a new epoch starts from the short texts.
             run.epoch += 1
             run.batch_in_epoch = 0
-            return NEW_EPOCH, 0
-        return CONTINUE, 0
+            return StepOutcome.NEW_EPOCH
+        return StepOutcome.CONTINUE
+
+    def quality_due(self) -> bool:
+        """Whether this free-running validation scores speech quality: the first one, then
+        every `iters_per_quality`-th."""
+        hp = self.run.hp
+        if not hp.iters_per_quality:
+            return False
+        n = self.run.validations // max(1, hp.free_running_every)
+        return n == 1 or n % hp.iters_per_quality == 0
+
+    def score_quality(self, free) -> Dict[str, Any]:
+        """Quality of the free-running decodes, with the recordings' references (measured at
+        the first quality validation of this trainer); its diagnostics.jsonl form."""
+        run = self.run
+        if self.quality_references is None:
+            self.quality_references = quality_references(free, self.val_set, run.hp)
+        result = score_quality(free, self.val_set, run.hp, self.quality_references)
+        if result.wer_notice and not self.quality_notice_given:
+            run.logger.info(f"quality: {result.wer_notice}")
+            self.quality_notice_given = True
+        return result.to_dict()
 
     def _validate_and_judge(self):
         run = self.run
@@ -446,33 +503,37 @@ class Trainer:
             # the reconstruction losses only: the guided term falls with its schedule, which
             # would look like progress
             self.scheduler.step(losses["mel"] + losses["mel_postnet"] + losses["gate"])
-        free = None
+        free = quality = None
         if hp.free_running_every and run.validations % hp.free_running_every == 0:
-            free = free_running(self.model, self.val_set, hp, run.device)
-        milestone = run.guard.milestone(step, metrics["diagonal_score"], hp, free)
+            scored = self.quality_due()
+            free = free_running(self.model, self.val_set, hp, run.device, keep_mels=scored)
+            if scored:
+                quality = self.score_quality(free)
+        free_scores = free.to_record() if free is not None else None
+        milestone = run.guard.milestone(step, metrics["diagonal_score"], hp, free_scores)
         gap = run.guard.free_running_gap(step, metrics["diagonal_score"],
-                                         free["diagonal_score"] if free else None, hp)
+                                         free_scores.diagonal_score if free_scores else None, hp)
         guided_term = weight * losses["guided_attn"]
-        decision = run.guard.check(step, summary, guided_term, hp)
-        record = {
-            "step": step, "time": time.time(), "losses": losses, "guided_weight": weight,
-            "guided_term": guided_term,
-            "learning_rate": self.optimizer.param_groups[0]["lr"],
-            "metrics": {k: float(v) for k, v in metrics.items()},
-            "failure_counts": summary["failure_counts"], "healthy": summary["healthy"],
-            "n_items": summary["n_items"],
-            "criterion": criterion_for_step(step, hp, metrics["diagonal_score"]),
-            "milestone": {k: v for k, v in milestone.items() if k != "line"} if milestone else None,
-            "red_flags": decision.flags,
-            "free_running": ({k: v for k, v in free.items()
-                              if k not in ("example", "snapshot", "reading_end")}
-                             if free else None),
-            "warnings": [gap] if gap else [],
-            "remediated": run.guard.remediated_at is not None,
-            "skipped_steps": run.divergence.skipped_total,
-        }
+        advice = run.guard.quality_plateau(step, free_scores, quality, hp)
+        decision = run.guard.check(step, summary, guided_term, hp, advice)
+        record = ValidationRecord(
+            step=step, time=time.time(), losses=losses, guided_weight=weight,
+            guided_term=guided_term, learning_rate=self.optimizer.param_groups[0]["lr"],
+            metrics={k: float(v) for k, v in metrics.items()},
+            failure_counts=summary["failure_counts"], healthy=summary["healthy"],
+            n_items=summary["n_items"],
+            criterion=criterion_for_step(step, hp, metrics["diagonal_score"]),
+            milestone=({k: v for k, v in milestone.items() if k != "line"} if milestone
+                       else None),
+            red_flags=decision.flags, action=decision.action, free_running=free_scores,
+            quality=quality, warnings=[gap] if gap else [],
+            remediated=run.guard.remediated_at is not None,
+            skipped_steps=run.divergence.skipped_total)
         write_validation_files(run, result, free, record)
-        log_validation(logger, step, losses, weight, record, free)
+        log_validation(logger, record)
+        if quality is not None:
+            logger.info(quality_line(step, quality))
+            logger.info(status_line(step, free_scores, quality))
         if milestone:
             logger.info(milestone["line"])
             logger.text("criterion", milestone["line"], step)
@@ -489,21 +550,78 @@ class Trainer:
                 wav = griffin_lim(result["example"]["mel_predicted"], hp, n_iters=30)
                 logger.audio("audio_predicted", wav, step, hp.sampling_rate)
         logger.flush()
-        if decision.action in ("warn", "remediate"):
+        if decision.action in (Action.WARN, Action.REMEDIATE):
             logger.warning(decision.message)
-        if decision.action == "remediate":
+        if decision.action is Action.REMEDIATE:
             logger.text("red_flags", decision.message, step)
         return decision
 
 
+# ---------------------------------------------------------------------------------- the step
+class StepTensors(NamedTuple):
+    """One training step's figures, still on the device (`read_steps` brings them over)."""
+    losses: torch.Tensor  # float32 (parts,), averaged over ranks, in `names` order
+    grad_norm: torch.Tensor  # () before clipping; not finite for a skipped step
+    weight: float  # the step's guided-attention weight
+    names: Tuple[str, ...] = LossParts._fields
+
+    def read(self) -> Tuple[Dict[str, float], float, bool]:
+        """(losses, grad norm, skipped) on the host: a synchronisation, for tests and tools."""
+        (losses, grad_norm), = read_steps([self])
+        return losses, grad_norm, not math.isfinite(grad_norm)
+
+
+def read_steps(steps: Sequence[StepTensors]) -> List[Tuple[Dict[str, float], float]]:
+    """(losses, grad norm) of each step, read in one device-to-host copy."""
+    if not steps:
+        return []
+    table = torch.stack([torch.cat([s.losses, s.grad_norm.reshape(1).float()])
+                         for s in steps]).tolist()
+    return [(dict(zip(s.names, row[:-1])), row[-1]) for s, row in zip(steps, table)]
+
+
+def make_optimizer(model: torch.nn.Module, hp: HParams) -> torch.optim.Adam:
+    """Adam, with its fused kernel where this torch has one for the model's device.
+
+    The fused kernel takes a skip flag on the device (`found_inf`), so a non-finite step is
+    skipped without the host reading anything; elsewhere (older torch on a CPU) the host
+    decides, which costs nothing there.
+    """
+    try:
+        return torch.optim.Adam(model.parameters(), lr=hp.learning_rate,
+                                weight_decay=hp.weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(model.parameters(), lr=hp.learning_rate,
+                                weight_decay=hp.weight_decay)
+
+
+def apply_update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                 skip: torch.Tensor) -> None:
+    """The optimizer step, left out where `skip` (a device bool) is True, then the scaler's
+    update. Weights and optimizer state stay exactly as they were on a skipped step."""
+    if scaler.is_enabled():
+        scaler.step(optimizer)  # fp16: the scaler's own found-inf flag (fused Adam: on device)
+    elif optimizer.defaults.get("fused"):
+        # the protocol GradScaler itself uses with fused optimizers
+        optimizer.grad_scale, optimizer.found_inf = None, skip.to(torch.float32)
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.grad_scale, optimizer.found_inf
+    elif not bool(skip):
+        optimizer.step()
+    scaler.update()
+
+
 def train_step(model: torch.nn.Module, batch, criterion: Tacotron2Loss,
                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               run: Any) -> Tuple[Dict[str, float], float, float]:
-    """One optimizer step; returns (losses averaged over ranks, grad norm, guided weight).
+               run: Any) -> StepTensors:
+    """One optimizer step, with no host synchronisation on an accelerator.
 
-    A step whose loss is not finite runs no backward, and one whose gradient norm is not
-    finite applies no update (fp16: the GradScaler skips it): weights and optimizer state stay
-    as they were, and the caller's `DivergenceGuard` counts the step.
+    A step whose total loss (averaged over ranks) or gradient norm is not finite changes
+    nothing: the gradients of a non-finite loss are made non-finite, the update is skipped on
+    the device (`apply_update`) and the batch-norm statistics of its forward pass are put back;
+    the caller's `DivergenceGuard` counts it when the figures are read (`read_steps`).
     """
     hp, device = run.hp, run.device
     text_lengths = batch.text_lengths  # on the host: the encoder packs with them, no sync
@@ -520,121 +638,54 @@ def train_step(model: torch.nn.Module, batch, criterion: Tacotron2Loss,
     if run.world_size > 1:
         dist.all_reduce(values)  # every rank sees the same losses: they skip steps together
         values /= run.world_size
-    losses = dict(zip(parts._fields, values.tolist()))
-    if not math.isfinite(losses["total"]):
-        _put_back(model, buffers)
-        return losses, float("nan"), weight
     scaler.scale(parts.total).backward()
+    with torch.no_grad():
+        # A non-finite loss whose gradients came out finite must not be applied either; the
+        # averaged loss is the same on every rank, so every rank poisons alike.
+        poison = torch.where(torch.isfinite(values[0]), 0.0, float("nan"))
+        next(p for p in model.parameters() if p.grad is not None).grad.add_(poison)
     scaler.unscale_(optimizer)
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip_thresh))
-    if math.isfinite(grad_norm) or scaler.is_enabled():
-        scaler.step(optimizer)  # the scaler skips non-finite gradients itself
-    else:
-        _put_back(model, buffers)
-    scaler.update()
-    return losses, grad_norm, weight
-
-
-def _put_back(model: torch.nn.Module, buffers: List[torch.Tensor]) -> None:
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip_thresh)
+    skip = ~torch.isfinite(grad_norm)
+    apply_update(optimizer, scaler, skip)
     with torch.no_grad():
         for buffer, saved in zip(model.buffers(), buffers):
-            buffer.copy_(saved)
+            buffer.copy_(torch.where(skip, saved, buffer))
+    return StepTensors(values, grad_norm.detach(), weight)
 
 
 # ---------------------------------------------------------------------------------- run files
-def write_validation_files(run: Run, result: Dict[str, Any], free: Optional[Dict[str, Any]],
-                           record: Dict[str, Any]) -> None:
+def write_validation_files(run: Run, result: Dict[str, Any], free: Optional[Any],
+                           record: ValidationRecord) -> None:
     """alignments/step_N.npz and a line of diagnostics.jsonl."""
     hp = run.hp
-    folder = os.path.join(run.run_dir, "alignments")
-    os.makedirs(folder, exist_ok=True)
     arrays = dict(result["snapshot"])
     arrays.update(step=np.int64(run.step), n_frames_per_step=np.int64(hp.n_frames_per_step),
                   hop_length=np.int64(hp.hop_length), sampling_rate=np.int64(hp.sampling_rate))
     if free is not None:
-        arrays.update(free["snapshot"])
-    path = os.path.join(folder, f"step_{run.step}.npz")
-    tmp = os.path.join(folder, f"step_{run.step}.tmp{os.getpid()}.npz")  # the writer's pid
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
-    with open(os.path.join(run.run_dir, "diagnostics.jsonl"), "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, default=_json_default) + "\n")
+        arrays.update(free.snapshot)
+    run.folder.write_snapshot(run.step, arrays)
+    run.folder.append_record(record)
 
 
-def truncate_run_files(run_dir: str, step: int) -> int:
-    """Drops diagnostics.jsonl records and alignment snapshots newer than `step` (a resume or a
-    rollback to it), so the history shows each step once; returns how many were dropped."""
-    dropped = 0
-    log = os.path.join(run_dir, "diagnostics.jsonl")
-    if os.path.isfile(log):
-        with open(log, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-        kept = []
-        for line in lines:
-            try:
-                keep = int(json.loads(line)["step"]) <= step
-            except (ValueError, KeyError, TypeError):
-                keep = False  # a torn last line of a killed trainer
-            if keep:
-                kept.append(line)
-        dropped += len(lines) - len(kept)
-        if dropped:
-            tmp = f"{log}.tmp{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write("".join(line + "\n" for line in kept))
-            os.replace(tmp, log)
-    folder = os.path.join(run_dir, "alignments")
-    if os.path.isdir(folder):
-        for name in os.listdir(folder):
-            stem = name[len("step_"):-len(".npz")] if name.startswith("step_") else ""
-            if name.endswith(".npz") and stem.isdigit() and int(stem) > step:
-                os.remove(os.path.join(folder, name))
-                dropped += 1
-    return dropped
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def write_stop_report(run: Run, step: int, flags: List[Dict[str, Any]], message: str) -> str:
+def write_stop_report(run: Run, step: int, flags: List[RedFlag], message: str) -> str:
     """red_flag_report_step_N.txt: what stopped the run, its last scores, what to change."""
-    path = os.path.join(run.run_dir, f"red_flag_report_step_{step}.txt")
+    path = run.folder.report_path(step)
     lines = [f"Training stopped by a red flag at step {step}.", message, ""]
-    lines += [f"red flag {f['id']} ({f['name']}): {f['message']}" for f in flags]
-    last = _last_record(run.run_dir)
+    lines += [flag.line() for flag in flags]
+    last = run.folder.last_record()
     if last is not None:
-        m = last["metrics"]
-        lines += ["", f"last validation (step {last['step']}): diagonality "
+        m = last.metrics
+        lines += ["", f"last validation (step {last.step}): diagonality "
                       f"{m['diagonal_score']:.3f}, focus {m['focus_score']:.3f}, coverage "
                       f"{m['coverage']:.3f}, max attention {m['max_attention']:.3f}; failure "
-                      f"modes {last['failure_counts']}"]
+                      f"modes {last.failure_counts}"]
     lines += ["", "Full report: python alignment_diagnostics.py "
                   f"--output_directory={run.args.output_directory} --run_name={run.args.run_name}"
-                  + (f" --step={last['step']}" if last is not None else "")]
+                  + (f" --step={last.step}" if last is not None else "")]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     return path
-
-
-def _last_record(run_dir: str) -> Optional[Dict[str, Any]]:
-    log = os.path.join(run_dir, "diagnostics.jsonl")
-    if not os.path.isfile(log):
-        return None
-    with open(log, encoding="utf-8") as f:
-        lines = [line for line in f.read().splitlines() if line.strip()]
-    try:
-        return json.loads(lines[-1]) if lines else None
-    except ValueError:
-        return None
 
 
 # ---------------------------------------------------------------------------------- entry
@@ -659,7 +710,7 @@ def _train(run: Run) -> int:
             return EXIT_BAD_INPUT
         trainer = Trainer(run)
         if run.is_main:
-            removed = remove_orphan_temporaries(run.run_dir)
+            removed = run.folder.remove_orphan_temporaries()
             if removed:
                 logger.info(f"removed {len(removed)} temporary file(s) left by a killed trainer")
         if run.resume_from is not None:
@@ -715,19 +766,15 @@ def _banner(run: Run, trainer: Trainer) -> None:
 def write_hparams_json(run: Run) -> None:
     """hparams.json: the live hparams, rewritten whenever a remediation or rollback changes them."""
     if run.is_main:
-        path = os.path.join(run.run_dir, "hparams.json")
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(run.hp.to_json())
-        os.replace(tmp, path)
+        run.folder.write_hparams(run.hp.to_json())
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         return train(args)
-    except (HParamsError, CheckpointError, DataError, DeviceError, RunSetupError,
-            RunLockedError) as err:
+    except (HParamsError, CheckpointError, DataError, RunSetupError,
+            RunLockedError, devices.DeviceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -38,7 +38,8 @@ from optuna.trial import TrialState
 
 import plotting
 from hparams import HParamsError, create_hparams
-from tuning import (ALIGNED, Dimension, RecordFollower, UsageError, check_space,
+from run_files import RunFolder, ValidationRecord
+from tuning import (ALIGNED, OBJECTIVES, Dimension, UsageError, check_space,
                     divergence_in_reports, format_value, join_hparams, parse_space, plan_values,
                     score_records, suggest)
 
@@ -122,7 +123,7 @@ class TrialRunner:
             create_hparams(hparams)
         except HParamsError as err:
             return self._fail(trial, f"invalid combination: {err}")
-        if os.path.exists(os.path.join(run_dir, "diagnostics.jsonl")):
+        if os.path.exists(RunFolder(run_dir).diagnostics_path):
             return self._fail(trial, f"{run_dir} already holds a run (from another study?)")
 
         device = self.devices.take()
@@ -157,8 +158,8 @@ class TrialRunner:
         env = dict(os.environ)
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.args.threads)
         env["PYTHONUNBUFFERED"] = "1"
-        follower = RecordFollower(os.path.join(run_dir, "diagnostics.jsonl"))
-        records: List[Dict[str, Any]] = []
+        follower = RunFolder(run_dir).follower()
+        records: List[ValidationRecord] = []
         reported = 0  # the last step reported to Optuna
         with open(console, "ab") as out:
             proc = subprocess.Popen(self._command(hparams, name, log_dir, device),
@@ -171,7 +172,7 @@ class TrialRunner:
                     records = []
                 for record in new:
                     records.append(record)
-                    score = score_records(records)
+                    score = score_records(records, self.args.objective)
                     if score.diverged:
                         self._terminate(proc)
                         return self._fail(trial, f"diverged: {score.diverged}")
@@ -200,10 +201,10 @@ class TrialRunner:
             raise
         return self._judge(trial, proc.returncode, records, run_dir, console, optuna)
 
-    def _judge(self, trial: Any, status: int, records: List[Dict[str, Any]], run_dir: str,
+    def _judge(self, trial: Any, status: int, records: List[ValidationRecord], run_dir: str,
                console: str, optuna: Any) -> float:
         """COMPLETE, PRUNED (red flag) or FAIL from the exit status and the records."""
-        score = score_records(records)
+        score = score_records(records, self.args.objective)
         trial.set_user_attr("curve", [list(p) for p in score.curve])  # the file's final history
         diverged = score.diverged or divergence_in_reports(run_dir)
         if diverged:
@@ -294,6 +295,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--prune_startup_trials", type=int, default=2,
                         help="median pruner: finished trials needed before it prunes")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed")
+    parser.add_argument("--objective", default="alignment", choices=OBJECTIVES,
+                        help="alignment: how early and well free-running decoding reads and "
+                             "stops; quality: the speech's MCD between a hum and the "
+                             "recordings' Griffin-Lim (needs iters_per_quality > 0)")
     return parser.parse_args(argv)
 
 
@@ -315,6 +320,9 @@ def check_args(args: argparse.Namespace) -> Tuple[List[Dimension], List[Optional
     if plan.free_running_every < 1:
         raise UsageError("--hparams: the objective scores free-running decoding; "
                          "free_running_every must be at least 1")
+    if args.objective == "quality" and plan.iters_per_quality < 1:
+        raise UsageError("--objective quality: the trials must score quality; "
+                         "iters_per_quality must be at least 1")
     if args.steps < plan.iters_per_validation:
         raise UsageError(f"--steps {args.steps} is below iters_per_validation="
                          f"{plan.iters_per_validation}: no validation would run")
@@ -343,29 +351,19 @@ def check_devices(text: Optional[str]) -> List[str]:
     """Parses --devices; UsageError for a device this machine does not have."""
     if not text:
         return []
-    devices = [d.strip() for d in text.split(",") if d.strip()]
-    if not devices:
+    names = [d.strip() for d in text.split(",") if d.strip()]
+    if not names:
         raise UsageError("--devices: name at least one device")
-    import torch  # here, not at the top: seconds to import, and only --devices needs it
+    import devices  # here, not at the top: it imports torch (seconds), and only --devices needs it
 
-    for d in devices:
+    for d in names:
         try:
-            dev = torch.device(d)
-        except (RuntimeError, ValueError):
-            raise UsageError(f"--devices: unknown device {d!r} (cpu, cuda, cuda:N)") from None
-        if dev.type == "cuda":
-            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            if count == 0:
-                raise UsageError(f"--devices: {d}: this machine has no CUDA device")
-            if dev.index is not None and dev.index >= count:
-                raise UsageError(f"--devices: {d}: this machine has {count} CUDA device(s), "
-                                 f"cuda:0 to cuda:{count - 1}")
-        elif dev.type == "mps":
-            if not torch.backends.mps.is_available():
-                raise UsageError(f"--devices: {d}: MPS is not available here")
-        elif dev.type != "cpu":
+            device = devices.choose_device(d)
+        except devices.DeviceError as err:
+            raise UsageError(str(err).replace("--device ", "--devices: ", 1)) from None
+        if device.type not in ("cpu", "cuda", "mps"):
             raise UsageError(f"--devices: {d}: use cpu, cuda or cuda:N")
-    return devices
+    return names
 
 
 def check_folder(folder: str) -> None:

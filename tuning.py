@@ -19,7 +19,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from guardrails import FlagKind
 from hparams import HParams, HParamsError, create_hparams, parse_overrides
+from run_files import RunFolder, ValidationRecord
+
+_flag_line_re = re.compile(r"^red flag (\d+) \(", re.MULTILINE)  # RedFlag.line() in a report
 
 # ----------------------------------------------------------------------------------- objective
 # The objective is the mean free-running diagonality over the trial's steps (the area under the
@@ -28,6 +32,11 @@ from hparams import HParams, HParamsError, create_hparams, parse_overrides
 READING_WEIGHT = 0.1  # x mean free-running *reading* diagonality (the map cut where the text ends)
 NEAR_LENGTH_WEIGHT = 0.05  # x share of free-running items whose gate stopped within 20% of their length
 MEL_WEIGHT = 0.01  # x 1 / (1 + final teacher-forced postnet mel loss)
+# --objective quality: the speech quality of the last quality validation, as the share of the way
+# from a hum (0) to the recordings' own Griffin-Lim (1) that its MCD has come, plus the alignment
+# objective above times QUALITY_ALIGNMENT_WEIGHT (it ranks trials before quality is measured).
+OBJECTIVES = ("alignment", "quality")
+QUALITY_ALIGNMENT_WEIGHT = 0.2
 ALIGNED = 0.7  # "aligned": the free-running diagonality the table reports the first step of
 
 
@@ -265,6 +274,8 @@ class Score:
     curve: List[Tuple[int, float, float]] = field(default_factory=list)  # (step, diag, reading)
     diverged: Optional[str] = None  # why the run counts as diverged, or None
     red_flags: List[str] = field(default_factory=list)  # names of the last record's red flags
+    quality: Optional[float] = None  # last quality validation: 0 = a hum, 1 = Griffin-Lim ceiling
+    mcd: Optional[float] = None  # its MCD-DTW, dB
 
 
 def _finite(value: Any) -> bool:
@@ -280,29 +291,38 @@ def _mean_under_curve(points: Sequence[Tuple[int, float]]) -> float:
     return area / prev_step if prev_step else 0.0
 
 
-def _divergence(record: Dict[str, Any]) -> Optional[str]:
+def _divergence(record: ValidationRecord) -> Optional[str]:
     """Why this validation record shows a diverged run, or None."""
-    step = record.get("step", "?")
-    losses = record.get("losses") or {}
-    bad = sorted(k for k, v in losses.items() if not _finite(v))
+    step = record.step
+    bad = sorted(k for k, v in record.losses.items() if not _finite(v))
     if bad:
         return f"non-finite {', '.join(bad)} loss at step {step}"
-    if any("divergence" in (str(f.get("name")), str(f.get("id")))
-           for f in record.get("red_flags") or []):
+    if any(flag.kind is FlagKind.DIVERGENCE for flag in record.red_flags):
         return f"red flag divergence at step {step}"
-    free = record.get("free_running") or {}
-    for where, counts in (("teacher-forced", record.get("failure_counts")),
-                          ("free-running", free.get("failure_counts"))):
+    free = record.free_running
+    for where, counts in (("teacher-forced", record.failure_counts),
+                          ("free-running", free.failure_counts if free else None)):
         broken = (counts or {}).get("non_finite", 0)
         if _finite(broken) and broken > 0:
             return f"non-finite {where} attention in {int(broken)} item(s) at step {step}"
-    for key in ("diagonal_score", "reading_diagonal_score"):
-        if key in free and not _finite(free[key]):
-            return f"non-finite free-running {key} at step {step}"
+    if free is not None:
+        for key in ("diagonal_score", "reading_diagonal_score"):
+            if not _finite(getattr(free, key)):
+                return f"non-finite free-running {key} at step {step}"
     return None
 
 
-def score_records(records: Sequence[Dict[str, Any]]) -> Score:
+def quality_fraction(quality: Dict[str, Any]) -> Optional[float]:
+    """How far a quality record's MCD has come from the hum (0) to the recordings' own
+    Griffin-Lim (1), clipped to [0, 1]; None without both references."""
+    refs = quality.get("references") or {}
+    hum, ceiling, mcd = refs.get("flat_mcd"), refs.get("griffin_lim_mcd"), quality.get("mean_mcd")
+    if not all(_finite(v) for v in (hum, ceiling, mcd)) or hum <= ceiling:
+        return None
+    return min(1.0, max(0.0, (hum - mcd) / (hum - ceiling)))
+
+
+def score_records(records: Sequence[ValidationRecord], objective: str = "alignment") -> Score:
     """The objective from a run's validation records (diagnostics.jsonl, in order).
 
     value = mean free-running diagonality over [0, step]            (trapezoids from (0, 0))
@@ -312,30 +332,33 @@ def score_records(records: Sequence[Dict[str, Any]]) -> Score:
     The reading diagonality (`reading_diagonal_score`: the map cut where the text was read) is
     taken as the whole-map diagonality in records of trainers that do not write it.
     A record with a non-finite loss, diagonality or attention map (`failure_counts.non_finite`),
-    or a red flag named "divergence", marks the run diverged. Records without free-running
+    or a divergence red flag, marks the run diverged. Records without free-running
     results (free_running_every > 1) add no point to the curve.
+    With `objective="quality"`: QUALITY_ALIGNMENT_WEIGHT * that value + `quality_fraction` of
+    the last record that scored quality (0 before any).
     """
     score = Score()
     for record in records:
-        step = int(record.get("step", 0))
-        score.red_flags = [str(f.get("name", f.get("id", "?")))
-                           for f in record.get("red_flags") or []]
+        step = record.step
+        if record.quality is not None:
+            score.quality = quality_fraction(record.quality)
+            score.mcd = record.quality.get("mean_mcd")
+        score.red_flags = [flag.name for flag in record.red_flags]
         if score.diverged is None:
             score.diverged = _divergence(record)
-        free = record.get("free_running")
-        if not free or not _finite(free.get("diagonal_score")):
+        free = record.free_running
+        if free is None or not _finite(free.diagonal_score):
             continue
         if score.curve and step <= score.curve[-1][0]:
             continue  # a repeated step adds no area
-        diag = float(free["diagonal_score"])
-        reading = free.get("reading_diagonal_score", diag)
-        reading = float(reading) if _finite(reading) else diag
+        diag = float(free.diagonal_score)
+        reading = (float(free.reading_diagonal_score) if _finite(free.reading_diagonal_score)
+                   else diag)
         score.curve.append((step, diag, reading))
         score.step, score.last_diagonality = step, diag
-        near = free.get("near_length_share")
+        near = free.near_length_share
         score.near_length_share = float(near) if _finite(near) else 0.0
-        losses = record.get("losses") or {}
-        mel = losses.get("mel_postnet", losses.get("mel"))
+        mel = record.losses.get("mel_postnet", record.losses.get("mel"))
         score.mel_loss = float(mel) if _finite(mel) else None
         if score.aligned_step is None and diag >= ALIGNED:
             score.aligned_step = step
@@ -345,64 +368,20 @@ def score_records(records: Sequence[Dict[str, Any]]) -> Score:
         mel_term = MEL_WEIGHT / (1.0 + score.mel_loss) if score.mel_loss is not None else 0.0
         score.value = (score.mean_diagonality + READING_WEIGHT * score.mean_reading
                        + NEAR_LENGTH_WEIGHT * score.near_length_share + mel_term)
+        if objective == "quality":
+            score.value = QUALITY_ALIGNMENT_WEIGHT * score.value + (score.quality or 0.0)
     return score
 
 
-class RecordFollower:
-    """Reads the records train.py appends to a diagnostics.jsonl, as they are written.
-
-    train.py appends whole lines, but after a divergence rollback it rewrites the file without the
-    records newer than the step it rolled back to (a new file renamed over the old one): then the
-    follower starts again from the top and says so.
-    """
-
-    def __init__(self, path: str):
-        self.path = path
-        self.offset = 0
-        self.inode: Optional[int] = None
-
-    def poll(self) -> Tuple[List[Dict[str, Any]], bool]:
-        """(records completed since the last poll, whether the file was rewritten: then the
-        records are the whole file's)."""
-        try:
-            f = open(self.path, "rb")
-        except FileNotFoundError:
-            return [], False
-        with f:
-            st = os.fstat(f.fileno())
-            rewritten = self.inode is not None and (st.st_ino != self.inode
-                                                    or st.st_size < self.offset)
-            if rewritten:
-                self.offset = 0
-            self.inode = st.st_ino
-            f.seek(self.offset)
-            data = f.read()
-        end = data.rfind(b"\n")
-        if end < 0:
-            return [], rewritten  # a line being written
-        self.offset += end + 1
-        records = []
-        for line in data[:end].splitlines():
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    continue  # a torn line of a killed trainer: not a record
-        return records, rewritten
-
-
 def divergence_in_reports(run_dir: str) -> Optional[str]:
-    """A red_flag_report_step_N.txt that names a divergence flag, as a short reason."""
-    try:
-        names = sorted(n for n in os.listdir(run_dir) if n.startswith("red_flag_report_step_"))
-    except OSError:
-        return None
-    for name in names:
+    """A red-flag stop report of the run that names the divergence flag, as a short reason."""
+    for path in RunFolder(run_dir).stop_reports():
         try:
-            with open(os.path.join(run_dir, name), encoding="utf-8", errors="replace") as f:
+            with open(path, encoding="utf-8", errors="replace") as f:
                 text = f.read()
         except OSError:
             continue
-        if re.search(r"\bdivergence\b", text, re.IGNORECASE):
-            return f"red flag divergence ({name})"
+        kinds = {int(n) for n in _flag_line_re.findall(text)}
+        if FlagKind.DIVERGENCE.value in kinds:
+            return f"red flag divergence ({os.path.basename(path)})"
     return None

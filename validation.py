@@ -8,16 +8,20 @@ text length and records the permutation in `Batch.order`).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional
 
 import numpy as np
 import torch
 
-from alignment_metrics import batch_metrics, free_running_metrics, pack_alignments, step_seconds
+from alignment_metrics import (FreeRunningScores, batch_metrics, free_running_metrics,
+                               pack_alignments, step_seconds)
 from commons import autocast_context, decoder_lengths
 from data_utils import Batch, DataError, TextMelCollate
 from hparams import HParams
 from loss_function import Tacotron2Loss
+from quality import QualityResult, evaluate_quality, mcd_references
+from text import clean_text
 
 
 class ItemAttention(NamedTuple):
@@ -27,12 +31,14 @@ class ItemAttention(NamedTuple):
     teacher: Optional[np.ndarray]  # (ceil(mel_length / r), N) teacher-forced, or None
     free: Optional[np.ndarray]  # (decoded steps, N) free-running, or None
     free_hit_max: bool  # the gate never fired within max_decoder_steps
+    free_mel: Optional[np.ndarray] = None  # (n_mel, decoded frames) postnet mel, when kept
+    mel: Optional[np.ndarray] = None  # (n_mel, mel_length) the recording's mel, when kept
 
 
 def collect_attention(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device,
                       hp: HParams, teacher_forced: bool = True, free_running: bool = False,
-                      on_batch: Optional[Callable[[Batch, Any], None]] = None
-                      ) -> List[ItemAttention]:
+                      on_batch: Optional[Callable[[Batch, Any], None]] = None,
+                      keep_mels: bool = False) -> List[ItemAttention]:
     """Per-item attention of `model` over consecutive batches of a dataset, in item order.
 
     Args:
@@ -42,6 +48,7 @@ def collect_attention(model: torch.nn.Module, batches: Iterable[Batch], device: 
         free_running: also decode each item from its text alone (`model.inference`).
         on_batch: called with (batch on the device, teacher-forced output) for each batch, for
             callers that need more than the attention (losses, an example item).
+        keep_mels: keep each item's recorded mel and its free-running postnet mel (quality).
 
     Returns:
         One ItemAttention per item, sorted by `index`. The model is left in the mode it had.
@@ -59,7 +66,7 @@ def collect_attention(model: torch.nn.Module, batches: Iterable[Batch], device: 
                 order = batch.order.tolist()
                 text_lengths = batch.text_lengths.tolist()
                 mel_lengths = batch.mel_lengths.tolist()
-                teacher = free = None
+                teacher = free = free_mels = None
                 if teacher_forced:
                     with autocast_context(hp.precision, device):
                         out = model(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths)
@@ -72,6 +79,10 @@ def collect_attention(model: torch.nn.Module, batches: Iterable[Batch], device: 
                     free = decoded.alignments.float().cpu().numpy()  # (B, steps, N)
                     free_steps = decoder_lengths(decoded.mel_lengths, r).clamp(min=1).tolist()
                     hit_max = decoded.hit_max_steps.tolist()
+                    if keep_mels:
+                        free_mels = decoded.mel_postnet.float().cpu().numpy()
+                        free_frames = decoded.mel_lengths.clamp(min=1).tolist()
+                mels = batch.mel.float().cpu().numpy() if keep_mels else None
                 for b in range(size):
                     n = text_lengths[b]
                     items.append(ItemAttention(
@@ -80,7 +91,10 @@ def collect_attention(model: torch.nn.Module, batches: Iterable[Batch], device: 
                                  if teacher is not None else None),
                         free=(free[b, :min(free_steps[b], free.shape[1]), :n]
                               if free is not None else None),
-                        free_hit_max=bool(hit_max[b]) if free is not None else False))
+                        free_hit_max=bool(hit_max[b]) if free is not None else False,
+                        free_mel=(free_mels[b, :, :free_frames[b]] if free_mels is not None
+                                  else None),
+                        mel=mels[b, :, :mel_lengths[b]] if mels is not None else None))
                 offset += size
     finally:
         model.train(was_training)
@@ -129,45 +143,70 @@ def validate(model: torch.nn.Module, loader: Iterable[Batch], criterion: Tacotro
             "snapshot": snapshot, "example": example}
 
 
+@dataclass
+class FreeRunningResult:
+    """Free-running validation: the scores, and the arrays the pictures and the snapshot need."""
+    scores: FreeRunningScores
+    example: np.ndarray  # the first item's map (decoded steps, tokens)
+    reading_end: int  # its steps up to where the text was read
+    snapshot: Dict[str, np.ndarray]  # the free_* arrays of alignments/step_N.npz
+    items: List[ItemAttention]  # per item, with its mels when they were kept
+
+    def to_record(self) -> FreeRunningScores:
+        """What diagnostics.jsonl keeps of it."""
+        return self.scores
+
+
 def free_running(model: torch.nn.Module, val_set: Any, hp: HParams,
-                 device: torch.device) -> Dict[str, Any]:
+                 device: torch.device, keep_mels: bool = False) -> FreeRunningResult:
     """Decodes the first `free_running_items` validation items from their text alone.
 
     The figures are split into reading (up to where the attention reaches the end of the text)
     and stopping (whether the gate fired, and how near the recorded length); see
     `alignment_metrics.free_running_metrics`.
-
-    Returns:
-        The record's figures (`diagonal_score` of the whole maps, `reading_diagonal_score`,
-        `stopped_share`, `near_length_share`, `runs_on_share`, ...) plus "example" (the first
-        item's map), "reading_end" (its reading steps) and "snapshot" (arrays for the npz).
     """
     n_items = min(hp.free_running_items, len(val_set))
     collate = TextMelCollate(hp.n_frames_per_step)
     batch = collate([val_set[i] for i in range(n_items)])
     items = collect_attention(model, [batch], device, hp, teacher_forced=False,
-                              free_running=True)
+                              free_running=True, keep_mels=keep_mels)
     padded, text_lengths, steps = pack_alignments([item.free for item in items])
     hit_max = np.array([item.free_hit_max for item in items])
     targets = decoder_lengths(np.array([item.mel_length for item in items]), hp.n_frames_per_step)
     scores = free_running_metrics(padded, text_lengths, steps, hit_max, targets,
                                   seconds_per_step=step_seconds(hp), band=hp.diagonal_band)
-    whole = scores["whole"]
-    return {
-        "diagonal_score": float(scores["diagonal_score"]),
-        "reading_diagonal_score": float(scores["reading_diagonal_score"]),
-        "focus_score": float(whole["mean"]["focus_score"]),
-        "end_reached_share": scores["end_reached_share"],
-        "stopped_share": scores["stopped_share"],
-        "near_length_share": scores["near_length_share"],
-        "runs_on_share": scores["runs_on_share"],
-        "runs_on": sum(item["runs_on"] for item in scores["per_item"]),
-        "failure_counts": whole["failure_counts"],
-        "items": n_items,
-        "length_ratio": [item["length_ratio"] for item in scores["per_item"]],
-        "example": items[0].free,
-        "reading_end": scores["per_item"][0]["reading_steps"],
-        "snapshot": {"free_alignments": padded, "free_text_lengths": text_lengths,
-                     "free_decoder_lengths": steps, "free_hit_max_steps": hit_max,
-                     "free_target_decoder_lengths": targets.astype(np.int64)},
-    }
+    return FreeRunningResult(
+        scores=FreeRunningScores.from_metrics(scores), example=items[0].free,
+        reading_end=scores["per_item"][0]["reading_steps"],
+        snapshot={"free_alignments": padded, "free_text_lengths": text_lengths,
+                  "free_decoder_lengths": steps, "free_hit_max_steps": hit_max,
+                  "free_target_decoder_lengths": targets.astype(np.int64)},
+        items=items)
+
+
+def _quality_texts(items: List[ItemAttention], val_set: Any, hp: HParams) -> Optional[List[str]]:
+    """The items' texts as spoken (after the cleaners: numbers in words) for the word error
+    rate: English voices only (the recogniser's)."""
+    if hp.symbol_set != "english":
+        return None
+    return [clean_text(val_set.entries[item.index].text, hp.text_cleaners) for item in items]
+
+
+def score_quality(free: FreeRunningResult, val_set: Any, hp: HParams,
+                  references: Optional[Dict[str, Any]]) -> QualityResult:
+    """Speech quality of the first `quality_items` free-running decodes (`free_running(...,
+    keep_mels=True)`): MCD-DTW against their recordings, and for English the word error rate
+    of their Griffin-Lim audio against the item's text (None without pocketsphinx)."""
+    chosen = free.items[:hp.quality_items]
+    return evaluate_quality([item.free_mel for item in chosen], [item.mel for item in chosen], hp,
+                            transcripts=_quality_texts(chosen, val_set, hp),
+                            references=references,
+                            griffin_lim_iters=hp.quality_griffin_lim_iters)
+
+
+def quality_references(free: FreeRunningResult, val_set: Any, hp: HParams) -> Dict[str, Any]:
+    """`quality.mcd_references` of the recordings `score_quality` scores: once per run."""
+    chosen = free.items[:hp.quality_items]
+    return mcd_references([item.mel for item in chosen], hp,
+                          griffin_lim_iters=hp.quality_griffin_lim_iters,
+                          max_items=len(chosen), transcripts=_quality_texts(chosen, val_set, hp))

@@ -46,8 +46,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # the flat modules (hparams) when run as `python bench/...`
     sys.path.insert(0, ROOT)
 
+from run_files import RunFolder, ValidationRecord  # noqa: E402
+
 THRESHOLDS = (0.3, 0.5, 0.7)
-TARGET_DIAGONAL = 0.7  # the issue's target: FR diagonality ...
+TARGET_DIAGONAL = 0.7  # the real-voice target: FR diagonality ...
 TARGET_STOP_SHARE = 0.8  # ... with this share of items stopping near their true length
 FESTVOX_RU_DIR = "/usr/share/festival/voices/russian/msu_ru_nsh_clunits"
 CORPORA = ("demo", "festvox-ru")
@@ -212,12 +214,12 @@ def run_training(args: argparse.Namespace, name: str, shared: List[str]) -> Dict
         last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
         raise RunFailed(f"{name}: train.py exited {proc.returncode}: {last} "
                         f"(log: {out}/logs/{name})")
-    log = os.path.join(run_dir, "diagnostics.jsonl")
-    records = []
-    if os.path.isfile(log):
-        with open(log, encoding="utf-8") as f:
-            records = [json.loads(line) for line in f if line.strip()]
+    records = RunFolder(run_dir).records(strict=False)
     return {"name": name, "started": started, "finished": time.time(), "records": records}
+
+
+def _or_nan(value: Optional[float]) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def _or0(value: Optional[float]) -> float:
@@ -225,21 +227,21 @@ def _or0(value: Optional[float]) -> float:
     return 0.0 if value is None else float(value)
 
 
-def _free(record: Dict[str, Any]) -> Dict[str, Any]:
-    return record.get("free_running") or {}
+def _fr(record: ValidationRecord, name: str) -> Optional[float]:
+    """A free-running figure of the record; None when the validation did not decode."""
+    free = record.free_running
+    return None if free is None else getattr(free, name)
 
 
-def _value(record: Dict[str, Any], key: str) -> Optional[float]:
-    if key == "tf":
-        return record["metrics"].get("diagonal_score")
-    return _free(record).get("diagonal_score")
+def _value(record: ValidationRecord, key: str) -> Optional[float]:
+    return record.diagonal_score if key == "tf" else _fr(record, "diagonal_score")
 
 
-def _at(record: Dict[str, Any], started: float) -> Dict[str, float]:
-    return {"step": record["step"], "minutes": (record["time"] - started) / 60}
+def _at(record: ValidationRecord, started: float) -> Dict[str, float]:
+    return {"step": record.step, "minutes": (record.time - started) / 60}
 
 
-def first_reach(records: List[Dict[str, Any]], started: float, key: str,
+def first_reach(records: List[ValidationRecord], started: float, key: str,
                 threshold: float) -> Optional[Dict[str, float]]:
     for record in records:
         value = _value(record, key)
@@ -248,39 +250,41 @@ def first_reach(records: List[Dict[str, Any]], started: float, key: str,
     return None
 
 
-def first_target(records: List[Dict[str, Any]], started: float) -> Optional[Dict[str, float]]:
+def first_target(records: List[ValidationRecord], started: float) -> Optional[Dict[str, float]]:
     """The first validation with FR diagonality >= 0.7 and >= 80% of items stopping near length."""
     for record in records:
-        free = _free(record)
-        if (_or0(free.get("diagonal_score")) >= TARGET_DIAGONAL
-                and _or0(free.get("near_length_share")) >= TARGET_STOP_SHARE):
+        if (_or0(_fr(record, "diagonal_score")) >= TARGET_DIAGONAL
+                and _or0(_fr(record, "near_length_share")) >= TARGET_STOP_SHARE):
             return _at(record, started)
     return None
 
 
 def summarise(run: Dict[str, Any]) -> Dict[str, Any]:
     records, started = run["records"], run["started"]
-    last = records[-1] if records else {}
-    free = _free(last)
-    frees = [_free(r) for r in records if _free(r)]
+    last = records[-1] if records else None
+    frees = [r.free_running for r in records if r.free_running is not None]
+
+    def final(name: str) -> Optional[float]:
+        return None if last is None else _fr(last, name)
+
     return {
         "run": run["name"],
-        "steps": last.get("step", 0),
-        "minutes": (last.get("time", started) - started) / 60,
+        "steps": last.step if last else 0,
+        "minutes": ((last.time if last else started) - started) / 60,
         "wall_minutes": (run["finished"] - started) / 60,
         "validations": len(records),
-        "fr_items": free.get("items"),
+        "fr_items": final("items"),
         "reach": {f"{key}_{t}": first_reach(records, started, key, t)
                   for key in ("tf", "fr") for t in THRESHOLDS},
         "target": first_target(records, started),
-        "final_tf_diagonal": last.get("metrics", {}).get("diagonal_score"),
-        "final_fr_diagonal": free.get("diagonal_score"),
-        "final_fr_reading_diagonal": free.get("reading_diagonal_score"),
-        "final_fr_reading_runs_on": free.get("runs_on"),
-        "final_fr_stopped": free.get("stopped_share"),
-        "final_fr_stopped_near_length": free.get("near_length_share"),
-        "best_fr_diagonal": max((_or0(f.get("diagonal_score")) for f in frees), default=None),
-        "best_fr_stopped_near_length": max((_or0(f.get("near_length_share")) for f in frees),
+        "final_tf_diagonal": last.diagonal_score if last else None,
+        "final_fr_diagonal": final("diagonal_score"),
+        "final_fr_reading_diagonal": final("reading_diagonal_score"),
+        "final_fr_reading_runs_on": final("runs_on"),
+        "final_fr_stopped": final("stopped_share"),
+        "final_fr_stopped_near_length": final("near_length_share"),
+        "best_fr_diagonal": max((_or0(f.diagonal_score) for f in frees), default=None),
+        "best_fr_stopped_near_length": max((_or0(f.near_length_share) for f in frees),
                                            default=None),
     }
 
@@ -320,17 +324,19 @@ def plot(runs: List[Dict[str, Any]], path: str, title: str) -> None:
                                       gridspec_kw={"height_ratios": [2, 1]})
     for run, color in zip(runs, ("tab:blue", "tab:orange", "tab:green", "tab:red")):
         records = run["records"]
-        steps = [r["step"] for r in records]
-        top.plot(steps, [r["metrics"]["diagonal_score"] for r in records], color=color,
+        steps = [r.step for r in records]
+
+        def curve(name: str) -> List[float]:
+            return [_or_nan(_fr(r, name)) for r in records]
+
+        top.plot(steps, [r.diagonal_score for r in records], color=color,
                  label=f"{run['name']} teacher-forced")
-        top.plot(steps, [_free(r).get("diagonal_score", float("nan")) for r in records],
-                 color=color, linestyle="--", label=f"{run['name']} free-running")
-        if any("reading_diagonal_score" in _free(r) for r in records):
-            top.plot(steps, [_free(r).get("reading_diagonal_score", float("nan"))
-                             for r in records], color=color, linestyle=":",
-                     label=f"{run['name']} free-running, reading part")
-        bottom.plot(steps, [_free(r).get("near_length_share", float("nan")) for r in records],
-                    color=color, marker=".", label=run["name"])
+        top.plot(steps, curve("diagonal_score"), color=color, linestyle="--",
+                 label=f"{run['name']} free-running")
+        top.plot(steps, curve("reading_diagonal_score"), color=color, linestyle=":",
+                 label=f"{run['name']} free-running, reading part")
+        bottom.plot(steps, curve("near_length_share"), color=color, marker=".",
+                    label=run["name"])
     for t in THRESHOLDS:
         top.axhline(t, color="grey", linewidth=0.5)
     bottom.axhline(TARGET_STOP_SHARE, color="grey", linewidth=0.5)

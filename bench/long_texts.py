@@ -36,7 +36,8 @@ import torch  # noqa: E402
 
 from alignment_metrics import free_running_metrics  # noqa: E402
 from checkpoint import CheckpointError, model_from_checkpoint  # noqa: E402
-from commons import DeviceError, choose_device, decoder_lengths  # noqa: E402
+from commons import decoder_lengths  # noqa: E402
+from devices import DeviceError, choose_device  # noqa: E402
 from data_utils import DataError, TextMelDataset, read_filelist  # noqa: E402
 from hparams import HParamsError  # noqa: E402
 from inference import synthesize  # noqa: E402

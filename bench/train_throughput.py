@@ -10,10 +10,11 @@
 
 A step is exactly `train.train_step`: forward under autocast (`commons.autocast_context`),
 `Tacotron2Loss` with the guided-attention weight of the step, backward through the GradScaler (a
-no-op unless fp16), gradient clipping and an Adam step. Batches are built before the clock
-starts (no data loading is timed except the copy to the device that `train_step` does), the
-first `--warmup` steps are not timed, and the clock is read after `train_step`'s own
-synchronising `.tolist()` and, on CUDA, after `torch.cuda.synchronize`.
+no-op unless fp16), gradient clipping and the Adam step of `train.make_optimizer`. Batches are
+built before the clock starts (no data loading is timed except the copy to the device that
+`train_step` does), the first `--warmup` steps are not timed, and the clock is read after
+`torch.cuda.synchronize` on CUDA: `train_step` leaves its figures on the device, as training
+does between log lines.
 
 Figures:
   real frames/s  mel frames inside each item's true length, summed over the timed steps, divided
@@ -37,7 +38,7 @@ log-mel values and about 15 random symbol ids per second of audio:
 clock starts). Batches come from `data_utils.LengthBucketSampler` over the pool: length buckets
 with `--bucketing on`, plain random batches with `--bucketing off`.
 
-`--loop reference` decodes with tests/reference_decoder.py's plain NVIDIA-style loop (same
+`--loop reference` decodes with bench/reference_decoder.py's plain NVIDIA-style loop (same
 weights, same loss); `--loop optimised` with `Tacotron2.forward`. `--cuda_graphs on` sets
 `hp.cuda_graphs` (the optimised step replayed as CUDA graphs, decoder_graphs.py; on a CPU the
 same static-buffer loop runs uncaptured) and `--compile on` sets `hp.compile`. `--loop compare`
@@ -51,12 +52,15 @@ prints the padding share of bucketed and random batches for the ljspeech profile
 over 13,100 items (sampler arithmetic only). Every run ends with one JSON line of all figures.
 
 The model is `--preset` plus `--hparams` overrides; the bench-only preset `small` (the default)
-is the `default` preset with the issue's small dimensions (SMALL_MODEL below).
+is the `default` preset with smaller layers (SMALL_MODEL below, 1.9 M parameters).
+
+A run that runs out of memory (CUDA, or the host for a CPU run) prints one line saying so and a
+JSON line whose `out_of_memory` holds the configuration, the error's first line and the memory
+figures, and exits with status 3, so that a caller can tell it from a failure (status 1).
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -70,11 +74,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 # Run from anywhere: the project's modules live in the folder above this one.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(1, os.path.join(ROOT, "tests"))  # reference_decoder.py, the baseline loop
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import devices  # noqa: E402
 from data_utils import (Batch, LengthBucketSampler, TextMelCollate, TextMelDataset,  # noqa: E402
                         padding_share, read_filelist)
 from hparams import PRESETS, HParams, create_hparams  # noqa: E402
@@ -82,30 +86,10 @@ from loss_function import Tacotron2Loss  # noqa: E402
 from model import Tacotron2  # noqa: E402
 from reference_decoder import reference_forward  # noqa: E402
 from text.symbols import get_symbols  # noqa: E402
+from train import make_optimizer, setup_device, train_step  # noqa: E402
 
-
-def _training_function(name: str, modules: Sequence[str] = ("train", "commons")) -> Any:
-    """`name` from the first of `modules` defining it: training's helpers have moved between
-    train.py and commons.py, and the bench must time whatever training runs."""
-    for module in modules:
-        found = getattr(importlib.import_module(module), name, None)
-        if found is not None:
-            return found
-    raise ImportError(f"train_throughput.py: none of {', '.join(modules)} defines {name}; "
-                      f"update the bench to training's current layout")
-
-
-train_step = _training_function("train_step", ("train",))
-_setup_device = _training_function("setup_device")
-
-
-def setup_device(name: str) -> torch.device:
-    """Training's device set-up (CUDA device, TF32 matmuls); returns the device."""
-    result = _setup_device(name)
-    return result[-1] if isinstance(result, tuple) else result  # (rank, world, device) or device
-
-# The issue's small configuration: big enough that the decoder loop dominates as in the full
-# model, small enough for a CPU step of about a second at batch 16 on short utterances.
+# The bench's small model: big enough that the decoder loop dominates as in the full model,
+# small enough for a CPU step of about a second at batch 16 on short utterances.
 SMALL_MODEL = ("symbols_embedding_dim=128,encoder_embedding_dim=128,attention_rnn_dim=256,"
                "decoder_rnn_dim=256,prenet_dim=64,postnet_embedding_dim=128,attention_dim=64")
 
@@ -124,7 +108,7 @@ COMPARE_ROWS: Tuple[Tuple[str, str, str, Optional[int]], ...] = (
     ("+r", "optimised", "on", None),
 )
 COMPARE_DEFAULT_R = 3
-
+EXIT_OUT_OF_MEMORY = 3
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -281,7 +265,7 @@ def sampler_padding(profile: str, batch_size: int, n_items: int, hp: HParams,
 
 # ---------------------------------------------------------------------------------- timing
 class ReferenceLoop(torch.nn.Module):
-    """Called like `Tacotron2` but decodes with the plain loop of tests/reference_decoder.py.
+    """Called like `Tacotron2` but decodes with the plain loop of bench/reference_decoder.py.
 
     A module around the model, so that whatever `train_step` asks of a model (parameters,
     buffers, train/eval) reaches the wrapped one.
@@ -311,17 +295,12 @@ def _rss_mb() -> float:
     return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(args: argparse.Namespace) -> Dict[str, Any]:
     """Times one configuration (args.loop is optimised or reference); returns its figures."""
     if args.threads:
         torch.set_num_threads(args.threads)
     hp = build_hparams(args)
-    device = setup_device(args.device)
+    _, _, device = setup_device(args.device)
     items, mel_lengths, data = load_items(args, hp)
     batches = build_batches(items, mel_lengths, hp, args.warmup + args.steps, args.seed,
                             pin=device.type != "cpu")
@@ -329,8 +308,7 @@ def measure(args: argparse.Namespace) -> Dict[str, Any]:
     torch.manual_seed(args.seed)  # the same initial weights in every configuration
     model = Tacotron2(hp).to(device).train()
     step_model = ReferenceLoop(model) if args.loop == "reference" else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=hp.learning_rate,
-                                 weight_decay=hp.weight_decay)
+    optimizer = make_optimizer(model, hp)
     scaler = torch.amp.GradScaler(device.type, enabled=hp.precision == "fp16")
     criterion = Tacotron2Loss(hp)
     run = StepRun(hp, device)
@@ -339,21 +317,20 @@ def measure(args: argparse.Namespace) -> Dict[str, Any]:
     start = time.perf_counter()
     for i, batch in enumerate(batches):
         if i == args.warmup:
-            _sync(device)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
+            devices.synchronize(device)
+            devices.reset_peak_memory(device)
             start = time.perf_counter()
-        losses, _, _ = train_step(step_model, batch, criterion, optimizer, scaler, run)
+        step = train_step(step_model, batch, criterion, optimizer, scaler, run)
         run.step += 1
-    _sync(device)
+    devices.synchronize(device)
     elapsed = time.perf_counter() - start
+    losses, _, _ = step.read()  # the last step's figures, once the clock has stopped
 
     timed = batches[args.warmup:]
     real = sum(int(b.mel_lengths.sum()) for b in timed)
     padded = sum(b.mel.shape[0] * b.mel.shape[2] for b in timed)
-    if device.type == "cuda":
-        peak_mb, peak_kind = torch.cuda.max_memory_allocated(device) / 2 ** 20, "cuda_allocated"
-    else:
+    peak_mb, peak_kind = devices.peak_memory_mb(device), "cuda_allocated"
+    if peak_mb is None:
         peak_mb, peak_kind = _rss_mb(), "process_max_rss"
     frames_per_s = real / elapsed
     return {
@@ -361,7 +338,7 @@ def measure(args: argparse.Namespace) -> Dict[str, Any]:
         "bucketing": args.bucketing, "precision": hp.precision, "compile": hp.compile,
         "cuda_graphs": hp.cuda_graphs,
         "batch_size": hp.batch_size, "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device_name": devices.device_name(device),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "data": data,
         "warmup": args.warmup, "steps": args.steps,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -451,11 +428,42 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def out_of_memory_report(args: argparse.Namespace, err: BaseException) -> Dict[str, Any]:
+    """The configuration that did not fit, the error's first line and the memory figures."""
+    message = str(err).strip()
+    report: Dict[str, Any] = {
+        "status": "out_of_memory", "loop": args.loop, "preset": args.preset,
+        "batch_size": args.batch_size, "precision": args.precision, "r": args.r,
+        "cuda_graphs": args.cuda_graphs == "on", "compile": args.compile == "on",
+        "device": args.device,
+        "error": message.splitlines()[0][:300] if message else type(err).__name__}
+    device = torch.device(args.device) if args.device else torch.device("cpu")
+    peak, total = devices.peak_memory_mb(device), devices.total_memory_mb(device)
+    if peak is not None:
+        report["peak_mb"], report["device_total_mb"] = round(peak, 1), round(total, 1)
+    else:
+        report["peak_mb"] = round(_rss_mb(), 1)  # the process's peak resident set
+    return report
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if args.loop == "compare":
         return compare(args)
-    row = measure(args)
+    try:
+        row = measure(args)
+    except RuntimeError as err:  # torch.cuda.OutOfMemoryError is one
+        if not devices.is_out_of_memory(err):
+            raise
+        report = out_of_memory_report(args, err)
+        total = (f" of {report['device_total_mb']:,.0f} MB" if "device_total_mb" in report
+                 else "")
+        print(f"train_throughput.py: out of memory at batch {args.batch_size}, "
+              f"{args.precision} on {args.device} (peak {report['peak_mb']:,.0f} MB{total}): "
+              f"{report['error']}", file=sys.stderr)
+        print(json.dumps({"bench": "train_throughput", "mode": "single", "results": [],
+                          "out_of_memory": report}))
+        return EXIT_OUT_OF_MEMORY
     print(f"training throughput; {_describe(row)}")
     print(_table([row], None))
     print(json.dumps({"bench": "train_throughput", "mode": "single", "results": [row]}))

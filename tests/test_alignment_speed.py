@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from synthetic import write_token_corpus
+from helpers import write_token_corpus
+from run_files import ValidationRecord
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench", "alignment_speed.py")
@@ -79,10 +80,15 @@ def _records():
             record(300, 0.9, 0.72, 0.9, 7.0, reading_diagonal_score=0.8, runs_on=1)]
 
 
+def _read(records):
+    """Records as the bench reads them from a run folder."""
+    return [ValidationRecord.from_dict(r) for r in records]
+
+
 def test_summary_reach_target_and_reading_column():
     bench = _bench_module()
     run = {"name": "guided", "started": 1000.0, "finished": 1000.0 + 60 * 7.5,
-           "records": _records()}
+           "records": _read(_records())}
     result = bench.summarise(run)
     assert result["reach"]["tf_0.3"] == {"step": 100, "minutes": 2.0}
     assert result["reach"]["tf_0.7"] == {"step": 200, "minutes": 4.5}
@@ -96,20 +102,21 @@ def test_summary_reach_target_and_reading_column():
     assert row.split() == (["guided", "300", "7.0", "100", "/", "2.0m"]  # TF>=0.3
                            + ["200", "/", "4.5m"] * 5  # TF>=0.5, 0.7, FR>=0.3, 0.5, 0.7
                            + ["300", "/", "7.0m", "0.90", "0.72", "0.80", "90%", "0.75"])
-    # without the reading-only figure in the records, no such column
+    # records of trainers without the reading-only figure: the whole map's stands in
     plain = [dict(r, free_running={k: v for k, v in r["free_running"].items()
                                    if k not in ("reading_diagonal_score", "runs_on")})
              for r in _records()]
-    assert "FR reading" not in bench.table([bench.summarise(dict(run, records=plain))])
+    assert bench.summarise(dict(run, records=_read(plain)))["final_fr_reading_diagonal"] == 0.72
     # an unguided run that never aligned
-    never = bench.summarise({"name": "unguided", "started": 0.0, "finished": 60.0, "records": [
-        {"step": 100, "time": 30.0, "metrics": {"diagonal_score": 0.0}, "free_running": None}]})
+    never = bench.summarise({"name": "unguided", "started": 0.0, "finished": 60.0,
+                             "records": _read([
+        {"step": 100, "time": 30.0, "metrics": {"diagonal_score": 0.0}, "free_running": None}])})
     assert never["target"] is None and never["final_fr_diagonal"] is None
     # a record without target lengths holds near_length_share null
     unknown = _records()[2]
     unknown["free_running"]["near_length_share"] = None
     nulls = bench.summarise({"name": "x", "started": 1000.0, "finished": 2000.0,
-                             "records": [unknown]})
+                             "records": _read([unknown])})
     assert nulls["target"] is None and nulls["best_fr_stopped_near_length"] == 0.0
     assert nulls["final_fr_stopped_near_length"] is None
     assert bench.table([never]).splitlines()[1].split()[3:] == ["-"] * 7 + ["0.00", "-", "-", "-"]

@@ -341,6 +341,7 @@ def test_long_audio_and_letterless_text_are_errors_that_write_clean_drops(tmp_pa
     assert main([str(out), "--hparams", hparams, "--no-decode"]) == 0
 
 
+@pytest.mark.slow  # starts train.py
 def test_training_refuses_to_start_on_long_audio_or_letterless_text(tmp_path):
     import subprocess
     import sys

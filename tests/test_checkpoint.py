@@ -6,11 +6,11 @@ import sys
 import pytest
 import torch
 
-from checkpoint import (CheckpointError, list_checkpoints, load_checkpoint, model_from_checkpoint,
-                        prune_checkpoints, remove_orphan_temporaries, resolve_checkpoint,
+from checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, resolve_checkpoint,
                         save_checkpoint, warm_start_state)
 from hparams import create_hparams
 from model import Tacotron2
+from run_files import RunFolder
 from text.symbols import get_symbols
 
 
@@ -45,10 +45,10 @@ def test_latest_points_at_newest_and_prune_keeps_newest(tmp_path):
         _save(tmp_path, step)
     assert resolve_checkpoint(str(tmp_path / "checkpoint_LATEST")).endswith("checkpoint_15")
     assert load_checkpoint(str(tmp_path / "checkpoint_LATEST"))["iteration"] == 15
-    removed = prune_checkpoints(str(tmp_path), keep=1)
+    removed = RunFolder(str(tmp_path)).prune(1)
     assert [os.path.basename(p) for p in removed] == ["checkpoint_5", "checkpoint_10"]
-    assert [s for s, _ in list_checkpoints(str(tmp_path))] == [15]
-    assert prune_checkpoints(str(tmp_path), keep=0) == []
+    assert [s for s, _ in RunFolder(str(tmp_path)).checkpoints()] == [15]
+    assert RunFolder(str(tmp_path)).prune(0) == []
 
 
 def test_latest_without_symlink_scans_folder(tmp_path):
@@ -276,19 +276,20 @@ def test_remove_orphan_temporaries(tmp_path):
         _touch(latest_tmp, t + 100, symlink_to="checkpoint_20")
         orphans.append(latest_tmp)
 
-        removed = remove_orphan_temporaries(str(run))
+        removed = RunFolder(str(run)).remove_orphan_temporaries()
         assert sorted(removed) == sorted(str(p) for p in orphans)
         assert not any(os.path.lexists(p) for p in orphans)
         assert all(p.exists() for p in kept)
         assert sorted(os.listdir(run)) == sorted(
             ["alignments", "checkpoint_10", "checkpoint_5", "hparams.json", "notes.tmp1",
              f"checkpoint_20.tmp{live.pid}"])
-        assert remove_orphan_temporaries(str(run)) == []
+        assert RunFolder(str(run)).remove_orphan_temporaries() == []
     finally:
         live.stdin.close()
         live.wait()
     # its writer gone, the last one goes too
-    assert remove_orphan_temporaries(str(run)) == [str(run / f"checkpoint_20.tmp{live.pid}")]
+    assert (RunFolder(str(run)).remove_orphan_temporaries()
+            == [str(run / f"checkpoint_20.tmp{live.pid}")])
 
 
 def test_remove_orphan_temporaries_without_checkpoints(tmp_path):
@@ -296,14 +297,14 @@ def test_remove_orphan_temporaries_without_checkpoints(tmp_path):
     (tmp_path / f"checkpoint_5.tmp{dead}").write_bytes(b"x")
     (tmp_path / "alignments").mkdir()
     (tmp_path / "alignments" / "step_5.npz.tmp.npz").write_bytes(b"x")  # no pid, no newer save
-    assert remove_orphan_temporaries(str(tmp_path)) == [str(tmp_path / f"checkpoint_5.tmp{dead}")]
-    assert remove_orphan_temporaries(str(tmp_path / "nowhere")) == []
+    assert (RunFolder(str(tmp_path)).remove_orphan_temporaries()
+            == [str(tmp_path / f"checkpoint_5.tmp{dead}")])
+    assert RunFolder(str(tmp_path / "nowhere")).remove_orphan_temporaries() == []
 
 
 def test_orphans_of_every_run_file_writer_are_removed(tmp_path):
     """hparams.json and diagnostics.jsonl are rewritten through `<name>.tmp<pid>` too; a kill
     inside those writes must not leave their temporaries behind for good."""
-    from checkpoint import remove_orphan_temporaries
 
     dead = 2 ** 22 + 12345  # above Linux's default pid_max: never a live process
     names = [f"hparams.json.tmp{dead}", f"diagnostics.jsonl.tmp{dead}", f"checkpoint_4.tmp{dead}",
@@ -311,6 +312,6 @@ def test_orphans_of_every_run_file_writer_are_removed(tmp_path):
     for name in names:
         (tmp_path / name).write_text("x")
     (tmp_path / "hparams.json").write_text("{}")
-    removed = remove_orphan_temporaries(str(tmp_path))
+    removed = RunFolder(str(tmp_path)).remove_orphan_temporaries()
     assert sorted(os.path.basename(p) for p in removed) == sorted(names)
     assert (tmp_path / "hparams.json").read_text() == "{}"

@@ -53,7 +53,7 @@ def _summary(maps):
 
 
 def _ids(flags):
-    return [f["id"] for f in flags]
+    return [f.id for f in flags]
 
 
 def test_no_red_flags_before_the_start_step():
@@ -73,8 +73,8 @@ def test_flag_1_low_diagonality():
     assert _ids(flags) == [4]
     flags = guardrails.red_flags(2400, _summary([horizontal_band(100, 40, 0)] * 5), 1.0, HParams())
     assert _ids(flags) == [1, 4]
-    assert flags[0]["name"] == "low diagonality"
-    assert flags[0]["message"] == "diagonality 0.0% is below 5% at step 2400"
+    assert flags[0].name == "low diagonality"
+    assert flags[0].message == "diagonality 0.0% is below 5% at step 2400"
 
 
 def test_flag_2_needs_a_missed_criterion_and_a_tiny_guided_term():
@@ -85,7 +85,7 @@ def test_flag_2_needs_a_missed_criterion_and_a_tiny_guided_term():
     assert guardrails.red_flags(2000, mid, 0.005, hp) == []  # passes 0.10 at 1000
     assert guardrails.red_flags(3000, mid, 0.05, hp) == []  # the guidance still pulls
     assert guardrails.red_flags(3000, mid, None, hp) == []  # unknown: not judged
-    message = guardrails.red_flags(3000, mid, 0.005, hp)[0]["message"]
+    message = guardrails.red_flags(3000, mid, 0.005, hp)[0].message
     assert "0.0050" in message and "step-3000 criterion (30%)" in message
 
 
@@ -100,7 +100,7 @@ def test_flag_4_from_half_the_utterances():
     hp = HParams()
     half = _summary([horizontal_band(100, 40, 3)] * 2 + [realistic_diagonal(100, 40)] * 2)
     assert _ids(guardrails.red_flags(2000, half, 1.0, hp)) == [4]
-    assert "2 of 4" in guardrails.red_flags(2000, half, 1.0, hp)[0]["message"]
+    assert "2 of 4" in guardrails.red_flags(2000, half, 1.0, hp)[0].message
     fewer = _summary([horizontal_band(100, 40, 3)] + [realistic_diagonal(100, 40)] * 2)
     assert guardrails.red_flags(2000, fewer, 1.0, hp) == []
 
@@ -114,8 +114,8 @@ def test_red_flags_from_a_log_record():
 
 def test_red_flags_in_russian():
     flags = guardrails.red_flags(2000, _summary([uniform(100, 40)] * 3), 0.0, HParams(), lang="ru")
-    assert flags[0]["name"] == "низкая диагональность"
-    assert "шаге 2000" in flags[0]["message"]
+    assert flags[0].name == "низкая диагональность"
+    assert "шаге 2000" in flags[0].message
 
 
 def test_non_finite_attention_raises_the_divergence_flag_at_any_step():
@@ -124,10 +124,10 @@ def test_non_finite_attention_raises_the_divergence_flag_at_any_step():
     padded[1] = np.nan
     summary = am.batch_metrics(padded, text_lengths, decoder_lengths)
     flags = guardrails.red_flags(10, summary, 1.0, HParams())  # long before red_flag_start_step
-    assert _ids(flags) == [guardrails.DIVERGENCE_FLAG]
-    assert flags[0]["name"] == "divergence" and "1 of 3" in flags[0]["message"]
+    assert [f.kind for f in flags] == [guardrails.FlagKind.DIVERGENCE]
+    assert flags[0].name == "divergence" and "1 of 3" in flags[0].message
     decision = guardrails.AlignmentGuard().check(10, summary, 1.0, HParams())
-    assert decision.action == "stop"
+    assert decision.action is guardrails.Action.STOP
 
 
 def test_divergence_guard_counts_non_finite_steps_and_explosions():
@@ -138,11 +138,11 @@ def test_divergence_guard_counts_non_finite_steps_and_explosions():
     assert guard.observe(16, float("nan"), None, hp) is None
     assert guard.observe(17, 40.0, float("inf"), hp) is None  # a non-finite gradient counts
     flag = guard.observe(18, float("nan"), None, hp)
-    assert flag["id"] == guardrails.DIVERGENCE_FLAG and "3 steps in a row" in flag["message"]
+    assert flag.kind is guardrails.FlagKind.DIVERGENCE and "3 steps in a row" in flag.message
     assert guard.skipped_total == 3
     assert guard.observe(19, 41.0, 1.0, hp) is None  # a good step resets the streak
     flag = guard.observe(20, 1e6, 1.0, hp)
-    assert flag is not None and "running median" in flag["message"]
+    assert flag is not None and "running median" in flag.message
     restored = guardrails.DivergenceGuard(hp, guard.state_dict())
     assert restored.state_dict() == guard.state_dict()
 
@@ -164,7 +164,59 @@ def test_remediation_starts_the_curriculum_from_its_own_step():
     hp = create_hparams("red_flag_action=remediate")
     guard = guardrails.AlignmentGuard()
     bad = am.batch_metrics(*_pad([uniform(100, 40)] * 3))
-    assert guard.check(5000, bad, 0.0, hp).action == "remediate"
+    assert guard.check(5000, bad, 0.0, hp).action is guardrails.Action.REMEDIATE
     assert guard.curriculum_from == 5000 and guard.curriculum_step(5000, hp) == 0
     assert guardrails.AlignmentGuard().curriculum_step(300, hp) == 300  # user's curriculum
 
+
+
+# ---------------------------------------------------------------------------------- speech
+def _quality(mcd, wer=None, ceiling_wer=None):
+    return {"mean_mcd": mcd, "mcd": [mcd], "wer": wer,
+            "references": {"self_mcd": 0.0, "griffin_lim_mcd": 0.5, "flat_mcd": 4.5,
+                           "griffin_lim_wer": ceiling_wer}}
+
+
+def _free(diagonal, near):
+    return am.FreeRunningScores(diagonal_score=diagonal, reading_diagonal_score=diagonal,
+                                near_length_share=near)
+
+
+def test_aligned_and_understood_are_told_apart():
+    assert guardrails.is_aligned(_free(0.9, 0.9)) and not guardrails.is_aligned(_free(0.9, 0.5))
+    assert not guardrails.is_aligned(None)
+    assert guardrails.is_understood(_quality(3.0, wer=0.55, ceiling_wer=0.4)) is True
+    assert guardrails.is_understood(_quality(3.0, wer=0.99, ceiling_wer=0.4)) is False
+    assert guardrails.is_understood(_quality(3.0)) is None  # no recogniser: not judged
+    # a recogniser that misses most words of the recordings themselves cannot judge
+    assert guardrails.is_understood(_quality(3.0, wer=0.9, ceiling_wer=0.95)) is None
+    line = guardrails.status_line(1200, _free(1.0, 0.88), _quality(3.0, 0.99, 0.41))
+    assert line == "step 1200: aligned yes; understood no"
+    assert "разборчивость не измерялась" in guardrails.status_line(1, None, None, lang="ru")
+
+
+def test_an_aligned_run_whose_speech_stops_improving_gets_flag_6_as_advice():
+    hp = create_hparams("quality_patience=3,red_flag_action=stop")
+    guard = guardrails.AlignmentGuard()
+    aligned = _free(0.95, 0.9)
+    assert guard.quality_plateau(100, aligned, _quality(4.0), hp) is None
+    assert guard.quality_plateau(200, aligned, _quality(3.0), hp) is None  # improving
+    flags = [guard.quality_plateau(s, aligned, _quality(3.02), hp) for s in (300, 400, 500)]
+    assert flags[:2] == [None, None]
+    flag = flags[2]
+    assert flag.kind is guardrails.FlagKind.QUALITY_PLATEAU
+    assert "best MCD 3.00 dB at step 200" in flag.message and "n_frames_per_step" in flag.message
+    # advice only: even red_flag_action=stop only warns about it
+    good = am.batch_metrics(*_pad([hard_diagonal(100, 40)] * 3))
+    decision = guard.check(600, good, 1.0, hp, flag)
+    assert decision.action is guardrails.Action.WARN and decision.flags == [flag]
+    # the guard's memory survives a resume
+    again = guardrails.AlignmentGuard(guard.state_dict())
+    assert (again.best_mcd, again.best_mcd_step, again.quality_stale) == (3.0, 200, 3)
+
+
+def test_no_quality_flag_before_the_run_reads():
+    hp = create_hparams("quality_patience=1")
+    guard = guardrails.AlignmentGuard()
+    guard.quality_plateau(100, _free(0.1, 0.0), _quality(4.0), hp)
+    assert guard.quality_plateau(200, _free(0.1, 0.0), _quality(4.0), hp) is None

@@ -2,34 +2,30 @@
 
 Every test here is marked `cuda` and skipped (and counted as skipped) where no GPU is available;
 `bash bench/device_check.sh` runs them first thing on a lent GPU. Equality tests turn TF32 off
-(`exact_matmuls`), since TF32 matmuls differ from fp32 by ~1e-3.
+(`exact_matmuls`), since TF32 matmuls differ from fp32 by ~1e-3, and take gradients of a
+`dropout_free_model` (train mode without dropout), since cuDNN's LSTM has no backward in eval
+mode.
 """
 from __future__ import annotations
 
 import json
-import logging
 import math
-import sys
-from pathlib import Path
-from types import SimpleNamespace
-from typing import List
 
 import pytest
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # test_model's helpers, reference loop
-
-from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
-from data_utils import Batch, TextMelCollate, prepare_dataloaders  # noqa: E402
-from hparams import create_hparams  # noqa: E402
-from loss_function import Tacotron2Loss  # noqa: E402
-from model import Tacotron2  # noqa: E402
-from reference_decoder import reference_forward  # noqa: E402
-from synthetic import write_token_corpus  # noqa: E402
-from test_model import (_gate_trajectories, _lively_model,  # noqa: E402
-                        _threshold_with_distinct_stops, make_batch, seeded_model, tiny)
-from text.symbols import get_symbols  # noqa: E402
+import train
+from bench.reference_decoder import reference_forward
+from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from data_utils import Batch, prepare_dataloaders
+from helpers import (dropout_free_model, gate_trajectories, grads_of_everything, lively_model,
+                     make_batch, seeded_model, step_run, threshold_with_distinct_stops, tiny,
+                     write_token_corpus)
+from hparams import create_hparams
+from loss_function import Tacotron2Loss
+from model import Tacotron2
+from train import setup_device, train_step
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -49,53 +45,12 @@ def exact_matmuls():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def _batch(hp, text_lengths: List[int], mel_lengths: List[int], seed: int = 0) -> Batch:
-    """A collated `data_utils.Batch` of random ids and log-mel-like values, on the CPU."""
-    g = torch.Generator().manual_seed(seed)
-    n_symbols = len(get_symbols(hp.symbol_set))
-    items = [(torch.randint(1, n_symbols, (n,), generator=g),
-              torch.randn(hp.n_mel_channels, t, generator=g) * 2 - 5)
-             for n, t in zip(text_lengths, mel_lengths)]
-    return TextMelCollate(hp.n_frames_per_step)(items)
-
-
-def _run(hp, device: torch.device) -> SimpleNamespace:
-    """The fields of `train.Run` that `train.train_step` reads."""
-    return SimpleNamespace(hp=hp, device=device, step=0, world_size=1,
-                           logger=logging.getLogger("test_cuda"))
-
-
-def _on(batch, device: torch.device):
-    """make_batch's namespace with every tensor on `device`."""
-    return SimpleNamespace(**{k: v.to(device) if torch.is_tensor(v) else v
-                              for k, v in vars(batch).items()})
-
-
-def _setup_device(name: str) -> torch.device:
-    """Training's device set-up (CUDA device, TF32), wherever training keeps it."""
-    # Imported here: train.py pulls in the whole training stack, which collecting these tests
-    # on a CPU (where all of them are skipped) need not pay for.
-    import commons
-    import train
-
-    setup = getattr(train, "setup_device", None) or getattr(commons, "setup_device")
-    result = setup(name)
-    return result[-1] if isinstance(result, tuple) else result
-
-
-def _grads_of_everything(model, out):
-    total = sum(t.float().square().sum() for t in out[:3]) + out.alignments.float().square().sum()
-    return torch.autograd.grad(total, list(model.parameters()))
-
-
 # ---------------------------------------------------------------------------- training steps
 @pytest.mark.parametrize("graphs", [False, True])
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_default_model_training_steps(device, precision, graphs):
     """The default model through `train.train_step` (autocast on CUDA, the GradScaler, TF32)."""
-    from train import train_step  # here: see _setup_device
-
-    assert _setup_device("cuda").type == "cuda"
+    assert setup_device("cuda")[-1].type == "cuda"
     assert torch.backends.cuda.matmul.allow_tf32  # training turns TF32 on for fp32 matmuls
     hp = create_hparams(f"precision={precision},cuda_graphs={graphs}")
     torch.manual_seed(0)
@@ -103,14 +58,14 @@ def test_default_model_training_steps(device, precision, graphs):
     optimizer = torch.optim.Adam(model.parameters(), lr=hp.learning_rate)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     criterion = Tacotron2Loss(hp)
-    run = _run(hp, device)
-    batch = _batch(hp, [60, 45, 33, 20], [230, 170, 120, 70])
+    run = step_run(hp, device)
+    batch = make_batch(hp, [60, 45, 33, 20], [230, 170, 120, 70])
     batch = Batch(*(None if t is None else t.pin_memory() for t in batch))  # as the loader's
     updated = 0
     for step in range(6):
         before = [p.detach().clone() for p in model.parameters()]
         scale = scaler.get_scale() if scaler.is_enabled() else None
-        losses, grad_norm, _ = train_step(model, batch, criterion, optimizer, scaler, run)
+        losses, grad_norm, _ = train_step(model, batch, criterion, optimizer, scaler, run).read()
         run.step += 1
         assert all(math.isfinite(v) for v in losses.values()), losses
         changed = any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
@@ -128,16 +83,15 @@ def test_default_model_training_steps(device, precision, graphs):
 @pytest.mark.parametrize("graphs", [False, True])
 @pytest.mark.parametrize("preset, r", [("tiny", 1), ("tiny", 2), ("default", 1)])
 def test_optimised_step_equals_plain_loop_on_cuda(device, exact_matmuls, preset, r, graphs):
-    hp = create_hparams(f"preset={preset},p_prenet_dropout=0,n_frames_per_step={r},"
-                        f"cuda_graphs={graphs}")
-    model = seeded_model(hp).to(device).eval()  # dropouts off: both loops compute one function
-    batch = _on(make_batch(hp, [37, 25, 9], [61, 40, 17]), device)
+    hp = create_hparams(f"preset={preset},n_frames_per_step={r},cuda_graphs={graphs}")
+    model = dropout_free_model(hp).to(device)  # both loops compute one function
+    batch = make_batch(hp, [37, 25, 9], [61, 40, 17]).to(device)
     for attempt in range(2):  # the second call replays the graphs captured in the first
         fast = model.forward_batch(batch)
-        grads_fast = _grads_of_everything(model, fast)
+        grads_fast = grads_of_everything(model, fast)
         plain = reference_forward(model, batch.text, batch.text_lengths, batch.mel,
                                   batch.mel_lengths)
-        grads_plain = _grads_of_everything(model, plain)
+        grads_plain = grads_of_everything(model, plain)
         for a, b in zip(fast, plain):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
         for (name, _), a, b in zip(model.named_parameters(), grads_fast, grads_plain):
@@ -148,7 +102,7 @@ def test_graphed_dropout_equals_plain_loop_with_its_masks(device, exact_matmuls)
     hp = tiny("n_frames_per_step=2,p_attention_dropout=0.3,p_decoder_dropout=0.3,"
               "p_prenet_dropout=0,p_encoder_dropout=0,p_postnet_dropout=0,cuda_graphs=true")
     model = seeded_model(hp).to(device).train()
-    batch = _on(make_batch(hp, [17, 11, 5], [30, 21, 9]), device)
+    batch = make_batch(hp, [17, 11, 5], [30, 21, 9]).to(device)
     criterion = Tacotron2Loss(hp)
     for _ in range(2):  # warm-up and capture, then replays
         graphed = model.forward_batch(batch)
@@ -167,16 +121,16 @@ def test_graphed_dropout_equals_plain_loop_with_its_masks(device, exact_matmuls)
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_graphed_step_matches_eager_step_under_autocast(device, precision):
-    hp = create_hparams("p_prenet_dropout=0")
-    model = seeded_model(hp).to(device).eval()
-    batch = _on(make_batch(hp, [50, 31, 12], [180, 120, 40]), device)
+    hp = create_hparams()
+    model = dropout_free_model(hp).to(device)
+    batch = make_batch(hp, [50, 31, 12], [180, 120, 40]).to(device)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     results = []
     for graphs in (False, True, True):
         model.decoder.cuda_graphs = graphs
         with torch.autocast("cuda", dtype=dtype):
             out = model.forward_batch(batch)
-        results.append((out, _grads_of_everything(model, out)))
+        results.append((out, grads_of_everything(model, out)))
     eager, grads_eager = results[0]
     for out, grads in results[1:]:
         assert out.mel.dtype == dtype
@@ -193,7 +147,7 @@ def test_teacher_forced_decoder_makes_no_host_sync(device, graphs):
     """Forward and backward of the decoder loop never wait for the GPU (after a warm-up)."""
     hp = create_hparams(f"cuda_graphs={graphs}")
     model = seeded_model(hp).to(device).train()
-    batch = _on(make_batch(hp, [40, 30], [150, 90]), device)
+    batch = make_batch(hp, [40, 30], [150, 90]).to(device)
     memory = model.encode(batch.text, batch.text_lengths).detach().requires_grad_()
 
     def step() -> None:
@@ -218,7 +172,7 @@ def test_text_lengths_on_the_cpu_spare_the_encoders_sync(device, exact_matmuls):
     on the GPU, and the encoder never waits for the GPU."""
     hp = tiny("p_prenet_dropout=0,max_decoder_steps=10,gate_threshold=1.0,cuda_graphs=true")
     model = seeded_model(hp).to(device).eval()
-    batch = _batch(hp, [9, 7, 6, 3], [20, 15, 12, 7])  # collated: lengths in descending order
+    batch = make_batch(hp, [9, 7, 6, 3], [20, 15, 12, 7])  # as collated: longest text first
     cpu_lengths = batch.text_lengths.pin_memory()
     on_device = batch.to(device)
     with torch.no_grad():
@@ -244,9 +198,9 @@ def test_text_lengths_on_the_cpu_spare_the_encoders_sync(device, exact_matmuls):
 def test_batched_inference_equals_items_alone_on_cuda(device, exact_matmuls, r, graphs):
     hp = tiny(f"p_prenet_dropout=0,n_frames_per_step={r},max_decoder_steps=25,"
               f"cuda_graphs={graphs}")
-    model = _lively_model(hp).to(device)
-    batch = _on(make_batch(hp, [9, 6, 3, 7], [5, 5, 5, 5], seed=5, extra_text=2), device)
-    theta, stops, margin = _threshold_with_distinct_stops(_gate_trajectories(model, batch))
+    model = lively_model(hp).to(device)
+    batch = make_batch(hp, [9, 6, 3, 7], [5, 5, 5, 5], seed=5, extra_text=2).to(device)
+    theta, stops, margin = threshold_with_distinct_stops(gate_trajectories(model, batch))
     assert len(set(stops)) >= 3 and margin > 1e-5, (stops, margin)  # the premise of the test
     model.decoder.gate_threshold = theta  # graphs captured above must follow the new threshold
     together = model.inference(batch.text, batch.text_lengths)
@@ -269,7 +223,7 @@ def test_graphed_inference_draws_fresh_prenet_dropout_per_replay(device):
     seed, different for another seed."""
     hp = tiny("max_decoder_steps=20,gate_threshold=1.0,cuda_graphs=true")
     model = seeded_model(hp).to(device).eval()
-    batch = _on(make_batch(hp, [9, 6], [5, 5]), device)
+    batch = make_batch(hp, [9, 6], [5, 5]).to(device)
     model.inference(batch.text, batch.text_lengths)  # warm-up and capture
     outs = []
     for seed in (7, 7, 8):
@@ -286,7 +240,7 @@ def test_checkpoint_from_gpu_loads_on_cpu_and_back(device, exact_matmuls, tmp_pa
     model = seeded_model(hp).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     batch = make_batch(hp, [7, 5, 3], [14, 11, 6])
-    loss = Tacotron2Loss(hp)(model.forward_batch(_on(batch, device)), _on(batch, device), 1.0)
+    loss = Tacotron2Loss(hp)(model.forward_batch(batch.to(device)), batch.to(device), 1.0)
     loss.total.backward()
     optimizer.step()
     path = save_checkpoint(str(tmp_path / "checkpoint_1"), model=model, optimizer=optimizer,
@@ -318,18 +272,15 @@ def test_checkpoint_from_gpu_loads_on_cpu_and_back(device, exact_matmuls, tmp_pa
 def test_nccl_ddp_one_process(device, exact_matmuls, tmp_path, graphs):
     """DistributedDataParallel over NCCL in one process: its all-reduced gradients equal the
     bare model's, and train_step trains through it."""
-    from train import train_step  # here: see _setup_device
-
     store = dist.FileStore(str(tmp_path / "store"), 1)
     dist.init_process_group("nccl", store=store, rank=0, world_size=1)
     try:
         hp = tiny(f"cuda_graphs={graphs}")
-        model = seeded_model(hp).to(device)
+        model = dropout_free_model(hp).to(device)  # both passes compute the same function
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
-        batch = _batch(hp, [9, 7, 6, 3], [20, 15, 12, 7])
+        batch = make_batch(hp, [9, 7, 6, 3], [20, 15, 12, 7])
         on_device = batch.to(device)
         criterion = Tacotron2Loss(hp)
-        model.eval()  # no dropout: both passes compute the same function
         grads = []
         for net in (model, ddp):
             model.zero_grad(set_to_none=True)
@@ -342,9 +293,9 @@ def test_nccl_ddp_one_process(device, exact_matmuls, tmp_path, graphs):
         model.train()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         scaler = torch.amp.GradScaler("cuda", enabled=False)
-        run = _run(hp, device)
+        run = step_run(hp, device)
         for _ in range(3):
-            losses, grad_norm, _ = train_step(ddp, batch, criterion, optimizer, scaler, run)
+            losses, grad_norm, _ = train_step(ddp, batch, criterion, optimizer, scaler, run).read()
             run.step += 1
             assert math.isfinite(losses["total"]) and math.isfinite(grad_norm)
     finally:
@@ -352,8 +303,6 @@ def test_nccl_ddp_one_process(device, exact_matmuls, tmp_path, graphs):
 
 
 def test_dataloader_workers_deliver_pinned_batches(device, tmp_path):
-    from train import train_step  # here: see _setup_device
-
     train_list, val_list = write_token_corpus(str(tmp_path / "data"), n_train=12, n_val=4)
     hp = create_hparams(f"preset=tiny,training_files={train_list},validation_files={val_list},"
                         f"text_cleaners=[basic_cleaners],num_workers=2,cuda_graphs=true")
@@ -362,11 +311,11 @@ def test_dataloader_workers_deliver_pinned_batches(device, tmp_path):
     model = seeded_model(hp).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    run = _run(hp, device)
+    run = step_run(hp, device)
     seen = 0
     for batch in train_loader:
         assert batch.mel.is_pinned() and batch.text.is_pinned()  # copied with non_blocking
-        losses, _, _ = train_step(model, batch, Tacotron2Loss(hp), optimizer, scaler, run)
+        losses, _, _ = train_step(model, batch, Tacotron2Loss(hp), optimizer, scaler, run).read()
         run.step += 1
         assert math.isfinite(losses["total"])
         seen += 1
@@ -378,8 +327,6 @@ def test_dataloader_workers_deliver_pinned_batches(device, tmp_path):
 def test_train_cli_on_cuda(tmp_path, precision):
     """`python train.py --device cuda` end to end: steps, validation, free running, a
     checkpoint, with finite losses."""
-    import train  # here: see _setup_device
-
     train_list, val_list = write_token_corpus(str(tmp_path / "data"), n_train=12, n_val=4)
     status = train.main([
         f"--output_directory={tmp_path / 'output'}", f"--log_directory={tmp_path / 'logs'}",
@@ -403,16 +350,16 @@ def test_train_cli_on_cuda(tmp_path, precision):
 def test_compiled_graphed_step_equals_eager(device, exact_matmuls):
     """hp.compile (inductor) inside the CUDA graphs: teacher forcing with gradients, and free
     running."""
-    hp = tiny("p_prenet_dropout=0,n_frames_per_step=2,max_decoder_steps=30,gate_threshold=1.0")
-    model = seeded_model(hp).to(device).eval()
-    batch = _on(make_batch(hp, [17, 11, 5], [30, 21, 9]), device)
+    hp = tiny("n_frames_per_step=2,max_decoder_steps=30,gate_threshold=1.0")
+    model = dropout_free_model(hp).to(device)
+    batch = make_batch(hp, [17, 11, 5], [30, 21, 9]).to(device)
     eager = model.forward_batch(batch)
-    grads_eager = _grads_of_everything(model, eager)
+    grads_eager = grads_of_everything(model, eager)
     free_eager = model.inference(batch.text, batch.text_lengths)
     model.decoder.cuda_graphs = model.decoder.use_compile = True
     for _ in range(2):
         fast = model.forward_batch(batch)
-        grads_fast = _grads_of_everything(model, fast)
+        grads_fast = grads_of_everything(model, fast)
         free_fast = model.inference(batch.text, batch.text_lengths)
         for a, b in zip(fast, eager):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

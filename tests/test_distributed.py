@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import train
-from synthetic import write_token_corpus
+from helpers import write_token_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,6 +19,7 @@ def _hparams(train_list, val_list, extra):
             f"text_cleaners=[basic_cleaners],{extra}")
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_then_resume_single_process(tmp_path):
     train_list, val_list = write_token_corpus(str(tmp_path / "data"), n_train=16, n_val=4)
     common = [f"--output_directory={tmp_path / 'output'}", f"--log_directory={tmp_path / 'logs'}",

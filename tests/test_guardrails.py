@@ -1,10 +1,9 @@
 """The trainer watches its own attention: learning with guidance, milestones, red flags, data check.
 
 These run the real training loop in-process on a generated corpus in which every letter is a
-distinct sound (tests/synthetic.py), so alignment is learnable in a few seconds.
+distinct sound (helpers.write_token_corpus), so alignment is learnable in a few seconds.
 """
 import json
-import os
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import soundfile as sf
 import torch
 
 import train
-from synthetic import write_token_corpus
+from helpers import write_token_corpus
 
 FAST = ("preset=tiny,text_cleaners=[basic_cleaners],learning_rate=3e-3,n_frames_per_step=2,"
         "batch_size=8,iters_per_log=1000,iters_per_checkpoint=1000,free_running_every=0")
@@ -44,6 +43,7 @@ def shuffled_corpus(tmp_path_factory):
                               shuffle_text=True, seed=3)
 
 
+@pytest.mark.slow
 def test_guided_attention_learns_alignment(tmp_path, aligned_corpus):
     """With guidance the validation diagonality passes 0.5; without it, it stays far lower."""
     common = "max_steps=100,iters_per_validation=20,success_steps=[20,60],success_thresholds=[0.1,0.5]"
@@ -68,6 +68,7 @@ def test_guided_attention_learns_alignment(tmp_path, aligned_corpus):
     assert np.all(snap["decoder_lengths"] == (snap["mel_lengths"] + 1) // 2)
 
 
+@pytest.mark.slow
 def test_red_flags_remediate_then_stop(tmp_path, shuffled_corpus):
     """Text shuffled against audio and guidance with no grip: remediate once, then stop (3)."""
     extra = ("max_steps=400,iters_per_validation=10,red_flag_start_step=20,red_flag_patience=30,"
@@ -89,6 +90,7 @@ def test_red_flags_remediate_then_stop(tmp_path, shuffled_corpus):
     assert ckpt["extra"]["guard"]["remediated_at"] == 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("action, expected_status", [("warn", 0), ("stop", train.EXIT_RED_FLAG)])
 def test_red_flag_actions(tmp_path, shuffled_corpus, action, expected_status):
     extra = (f"max_steps=40,iters_per_validation=10,red_flag_start_step=20,red_flag_action={action},"

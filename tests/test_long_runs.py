@@ -1,11 +1,13 @@
 """Runs that survive the field: exact resume, skipped non-finite steps, divergence, one trainer per
-run folder, one-line errors for bad input, and the curriculum of a remediation."""
+run folder, one-line errors for bad input, and the curriculum of a remediation.
+
+Each test but one starts `python train.py` and is `slow`; test_faults.py kills trainers and feeds
+them what these do not.
+"""
 import json
 import os
 import re
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -13,31 +15,21 @@ import torch
 
 import train
 from data_utils import TextMelCollate, prepare_dataloaders
+from helpers import ROOT, TRAIN, corpus_hparams, train_command, wait_for, write_token_corpus
 from hparams import create_hparams
 from loss_function import Tacotron2Loss
 from model import Tacotron2
-from synthetic import write_token_corpus
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_LINE = re.compile(r"step (\d+): total (\S+) = ")
 
 
 def _hparams(corpus, extra=""):
-    train_list, val_list = corpus
-    base = (f"preset=tiny,training_files={train_list},validation_files={val_list},"
-            f"text_cleaners=[basic_cleaners],iters_per_log=1,keep_checkpoints=0")
+    base = corpus_hparams(*corpus, "iters_per_log=1,keep_checkpoints=0")
     return base + ("," + extra if extra else "")
 
 
-def _cmd(tmp_path, hparams, *more, run_name="trial_0", log="logs"):
-    return [sys.executable, os.path.join(ROOT, "train.py"),
-            f"--output_directory={tmp_path / 'output'}", f"--log_directory={tmp_path / log}",
-            f"--tensorboard_directory={tmp_path / 'runs'}", f"--run_name={run_name}",
-            f"--hparams={hparams}", *more]
-
-
 def _train(tmp_path, hparams, *more, run_name="trial_0", log="logs", expect=0):
-    proc = subprocess.run(_cmd(tmp_path, hparams, *more, run_name=run_name, log=log),
+    proc = subprocess.run(train_command(tmp_path, hparams, *more, run_name=run_name, log=log),
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == expect, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr
@@ -57,6 +49,7 @@ def corpus(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------- exact resume
+@pytest.mark.slow
 def test_resume_is_exact_in_the_middle_of_an_epoch(tmp_path, corpus):
     """12 steps straight == 7 steps + resume to 12, bit for bit (18 items, batch 4: an epoch is
     5 batches, so step 7 is inside the second epoch)."""
@@ -86,6 +79,7 @@ def test_resume_is_exact_in_the_middle_of_an_epoch(tmp_path, corpus):
     assert steps == [4, 8, 12]
 
 
+@pytest.mark.slow
 def test_resume_drops_records_newer_than_its_checkpoint(tmp_path, corpus):
     hp = _hparams(corpus, "iters_per_validation=2,iters_per_checkpoint=4")
     _train(tmp_path, hp, "--max_steps=8")
@@ -112,21 +106,57 @@ class _StepRun:
         self.hp, self.device, self.step, self.world_size = hp, torch.device("cpu"), 1, 1
 
 
-def test_a_non_finite_step_is_skipped_weights_and_optimizer_untouched(corpus):
-    hp, batch = _tiny_batch(corpus, poison=True)
+def _devices():
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_non_finite_step_is_skipped_weights_and_optimizer_untouched(corpus, device, fused):
+    """A good step, then a poisoned one: the second leaves weights, batch-norm statistics and
+    every Adam tensor bit-equal to what the first left, with the skip decided on the device
+    (fused Adam's found-inf input) or, without a fused kernel, on the host."""
+    hp, good = _tiny_batch(corpus)
+    _, poisoned = _tiny_batch(corpus, poison=True)
     torch.manual_seed(0)
-    model = Tacotron2(hp)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    model = Tacotron2(hp).to(device)
+    optimizer = train.make_optimizer(model, hp) if fused else torch.optim.Adam(
+        model.parameters(), lr=1e-3)
+    assert bool(optimizer.defaults.get("fused")) == fused
+    scaler = torch.amp.GradScaler(device, enabled=False)
+    run = _StepRun(hp)
+    run.device = torch.device(device)
+    losses, grad_norm, skipped = train.train_step(model, good, Tacotron2Loss(hp), optimizer,
+                                                  scaler, run).read()
+    assert np.isfinite(losses["total"]) and not skipped
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    losses, grad_norm, _ = train.train_step(model, batch, Tacotron2Loss(hp), optimizer, scaler,
-                                            _StepRun(hp))
-    assert not np.isfinite(losses["total"]) and not np.isfinite(grad_norm)
+    adam = {id(p): {k: v.clone() for k, v in st.items()} for p, st in optimizer.state.items()}
+    run.step += 1
+    losses, grad_norm, skipped = train.train_step(model, poisoned, Tacotron2Loss(hp), optimizer,
+                                                  scaler, run).read()
+    assert not np.isfinite(losses["total"]) and not np.isfinite(grad_norm) and skipped
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, before[name]), name
-    assert optimizer.state_dict()["state"] == {}  # Adam never stepped
+    for p, st in optimizer.state.items():
+        for k, v in st.items():
+            assert torch.equal(v, adam[id(p)][k]), k
 
 
+def test_step_figures_are_read_once_for_many_steps(corpus):
+    """read_steps: the pending steps' losses and gradient norms in one copy, in order."""
+    hp, batch = _tiny_batch(corpus)
+    model = Tacotron2(hp)
+    optimizer = train.make_optimizer(model, hp)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    run = _StepRun(hp)
+    steps = [train.train_step(model, batch, Tacotron2Loss(hp), optimizer, scaler, run)
+             for _ in range(3)]
+    read = train.read_steps(steps)
+    assert [r[1] for r in read] == [s.read()[1] for s in steps]
+    assert set(read[0][0]) == {"total", "mel", "mel_postnet", "gate", "guided_attn"}
+
+
+@pytest.mark.slow
 def test_non_finite_steps_are_counted_then_the_run_stops_with_divergence(tmp_path, corpus):
     """A filelist whose every mel holds NaN: each step is skipped, max_bad_steps of them raise
     the divergence flag and, with red_flag_action=stop, the run exits 3 with a report."""
@@ -142,8 +172,8 @@ def test_non_finite_steps_are_counted_then_the_run_stops_with_divergence(tmp_pat
         "    return mel\n"
         "data_utils.TextMelDataset.get_mel = get_mel\n"
         f"sys.argv = ['train.py'] + sys.argv[1:]\n"
-        f"runpy.run_path({os.path.join(ROOT, 'train.py')!r}, run_name='__main__')\n")
-    cmd = _cmd(tmp_path, hp, "--max_steps=10", "--skip_data_check")
+        f"runpy.run_path({TRAIN!r}, run_name='__main__')\n")
+    cmd = train_command(tmp_path, hp, "--max_steps=10", "--skip_data_check")
     cmd[1] = str(env_poison)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": ROOT})
@@ -156,14 +186,29 @@ def test_non_finite_steps_are_counted_then_the_run_stops_with_divergence(tmp_pat
     assert reports and "divergence" in reports[0].read_text()
 
 
+@pytest.mark.slow
 def test_an_exploding_run_rolls_back_with_a_lower_learning_rate(tmp_path, corpus):
-    """learning_rate=1 makes the tiny model's loss jump to several times its running median
-    within a few steps (divergence_factor=2 here); remediate rolls back to the last
-    checkpoint with the learning rate x 0.5."""
+    """From the 15th step on every mel is 50 times louder: the loss jumps to many times its
+    running median (divergence_factor=2 here) and remediate rolls back to the last checkpoint
+    with the learning rate x 0.5, at most three times, then stops."""
     hp = _hparams(corpus, "divergence_factor=2,iters_per_checkpoint=2,iters_per_validation=100,"
-                          "learning_rate=1.0,red_flag_action=remediate")
-    proc = subprocess.run(_cmd(tmp_path, hp, "--max_steps=20"), capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)
+                          "iters_per_log=5,red_flag_action=remediate")
+    env_poison = tmp_path / "loud.py"
+    env_poison.write_text(
+        "import runpy, sys, data_utils\n"
+        "original = data_utils.TextMelDataset.get_mel\n"
+        "calls = [0]\n"
+        "def get_mel(self, index):\n"
+        "    calls[0] += 1\n"
+        "    mel = original(self, index)\n"
+        "    return mel * 50 if calls[0] > 14 * 4 else mel\n"
+        "data_utils.TextMelDataset.get_mel = get_mel\n"
+        f"sys.argv = ['train.py'] + sys.argv[1:]\n"
+        f"runpy.run_path({os.path.join(ROOT, 'train.py')!r}, run_name='__main__')\n")
+    cmd = train_command(tmp_path, hp, "--max_steps=40", "--skip_data_check")
+    cmd[1] = str(env_poison)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": ROOT})
     assert "Traceback" not in proc.stderr
     log = (tmp_path / "logs" / "train.log").read_text()
     assert "red flag 5 (divergence)" in log and "running median" in log
@@ -173,15 +218,14 @@ def test_an_exploding_run_rolls_back_with_a_lower_learning_rate(tmp_path, corpus
 
 
 # ---------------------------------------------------------------------------------- one trainer
+@pytest.mark.slow
 def test_a_second_trainer_on_the_same_run_folder_exits_2(tmp_path, corpus):
     hp = _hparams(corpus, "iters_per_validation=5")
-    first = subprocess.Popen(_cmd(tmp_path, hp, "--max_steps=40"), stdout=subprocess.PIPE,
+    first = subprocess.Popen(train_command(tmp_path, hp, "--max_steps=40"), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     lock = tmp_path / "output" / "trial_0" / ".trainer.lock"
-    deadline = time.time() + 120
-    while not (lock.exists() and lock.read_text().strip()) and time.time() < deadline:
-        time.sleep(0.1)
-    second = subprocess.run(_cmd(tmp_path, hp, "--max_steps=40", log="logs2"),
+    assert wait_for(lambda: lock.exists() and lock.read_text().strip() != "", proc=first)
+    second = subprocess.run(train_command(tmp_path, hp, "--max_steps=40", log="logs2"),
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     out, err = first.communicate(timeout=300)
     assert second.returncode == train.EXIT_BAD_INPUT, second.stderr
@@ -196,6 +240,7 @@ def test_a_second_trainer_on_the_same_run_folder_exits_2(tmp_path, corpus):
 
 
 # ---------------------------------------------------------------------------------- bad input
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--hparams=learning_rate=-1"], "hparam learning_rate=-1.0"),
     (["--hparams=max_steps=-5"], "hparam max_steps=-5"),
@@ -207,16 +252,17 @@ def test_a_second_trainer_on_the_same_run_folder_exits_2(tmp_path, corpus):
     (["--device=cuda:7"], "--device cuda:7"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, corpus, args, message):
-    cmd = _cmd(tmp_path, _hparams(corpus)) + args
+    cmd = train_command(tmp_path, _hparams(corpus)) + args
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == train.EXIT_BAD_INPUT, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_output_directory_that_is_a_file(tmp_path, corpus):
     (tmp_path / "taken").write_text("not a folder")
-    cmd = _cmd(tmp_path, _hparams(corpus)) + [f"--output_directory={tmp_path / 'taken'}"]
+    cmd = train_command(tmp_path, _hparams(corpus)) + [f"--output_directory={tmp_path / 'taken'}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == train.EXIT_BAD_INPUT
     assert "exists and is not a folder" in proc.stderr and "Traceback" not in proc.stderr
@@ -224,6 +270,7 @@ def test_output_directory_that_is_a_file(tmp_path, corpus):
 
 
 # ---------------------------------------------------------------------------------- curriculum
+@pytest.mark.slow
 def test_remediation_starts_the_curriculum_from_the_short_texts(tmp_path, corpus):
     """Flag 1 forced up at the first validation (step 5): the remediation's curriculum counts
     from step 5, so even with curriculum_steps=5 the next epoch offers only the short texts."""

@@ -4,11 +4,14 @@ import os
 import subprocess
 import sys
 
-from synthetic import write_token_corpus
+import pytest
+
+from helpers import write_token_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # trains its checkpoint with train.py
 def test_long_texts_bench_on_a_tiny_checkpoint(tmp_path):
     train_list, val_list = write_token_corpus(str(tmp_path), n_train=8, n_val=3)
     hparams = (f"preset=tiny,training_files={train_list},validation_files={val_list},"

@@ -5,27 +5,26 @@ Tiny dims throughout; the default-size model is only constructed (keys, shapes, 
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for reference_decoder
-
-import numpy as np  # noqa: E402
-
-from commons import decoder_lengths, sequence_mask  # noqa: E402
-from decoder_graphs import TEXT_BUCKET, padded_text_length  # noqa: E402
-from hparams import create_hparams  # noqa: E402
-from layers import ConvNorm, LinearNorm  # noqa: E402
-from loss_function import Tacotron2Loss  # noqa: E402
-from decoder_step import StepOutput  # noqa: E402
-from model import (Attention, DecoderInferenceOutput, DecoderOutput, DecoderState,  # noqa: E402
-                   Tacotron2, Tacotron2Output)
-from reference_decoder import reference_forward  # noqa: E402
-from text.symbols import get_symbols  # noqa: E402
+from bench.reference_decoder import reference_forward
+from commons import decoder_lengths, sequence_mask
+from data_utils import Batch
+from decoder_graphs import TEXT_BUCKET, padded_text_length
+from decoder_step import StepOutput
+from helpers import (DROPOUTS, dropout_free_model, gate_trajectories, grads_of_everything,
+                     lively_model, make_batch, seeded_model, threshold_with_distinct_stops, tiny,
+                     without_dropout)
+from hparams import create_hparams
+from layers import ConvNorm, LinearNorm
+from loss_function import Tacotron2Loss
+from model import (Attention, DecoderInferenceOutput, DecoderOutput, DecoderState, Tacotron2,
+                   Tacotron2Output)
+from text.symbols import get_symbols
 
 # NVIDIA's state_dict at default hparams (docs/nvidia_compatibility.md), in NVIDIA's order.
 NVIDIA_STATE_DICT = [
@@ -115,30 +114,6 @@ NVIDIA_STATE_DICT = [
     ("postnet.convolutions.4.1.num_batches_tracked", ()),
 ]
 NVIDIA_PARAMETERS = 28_193_153
-
-
-def tiny(overrides: str = "") -> "HParams":
-    return create_hparams("preset=tiny" + ("," + overrides if overrides else ""))
-
-
-def make_batch(hp, lengths_text, lengths_mel, seed=0, extra_text=0, extra_frames=0):
-    """A Batch-like namespace of random data; padding beyond the lengths is random too."""
-    g = torch.Generator().manual_seed(seed)
-    r = hp.n_frames_per_step
-    n_max = max(lengths_text) + extra_text
-    t_max = -(-(max(lengths_mel) + extra_frames) // r) * r
-    n_symbols = len(get_symbols(hp.symbol_set))
-    text = torch.randint(1, n_symbols, (len(lengths_text), n_max), generator=g)
-    mel = torch.randn(len(lengths_text), hp.n_mel_channels, t_max, generator=g)
-    mel_lengths = torch.tensor(lengths_mel)
-    gate = (torch.arange(t_max)[None, :] >= (mel_lengths[:, None] - 1)).float()
-    return SimpleNamespace(text=text, text_lengths=torch.tensor(lengths_text), mel=mel,
-                           gate=gate, mel_lengths=mel_lengths)
-
-
-def seeded_model(hp, seed=0):
-    torch.manual_seed(seed)
-    return Tacotron2(hp)
 
 
 # ---------------------------------------------------------------------------- commons
@@ -289,6 +264,36 @@ def test_prenet_dropout_zero_is_identity_in_eval():
     assert torch.equal(a.mel_postnet, b.mel_postnet)
 
 
+def test_dropout_free_model_computes_eval_modes_function_in_train_mode():
+    """`helpers.dropout_free_model`, which the gradient equality tests use (cuDNN's LSTM has no
+    backward in eval mode): its LSTMs train, and it computes what the same weights compute in eval
+    mode, the same under any seed. Turning any one of `DROPOUTS` back on changes that, so the
+    list names every dropout the model draws."""
+    hp = tiny()
+    batch = make_batch(hp, [6, 4, 3], [10, 8, 5])
+
+    def passes(model):
+        runs = []
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            out = model.forward_batch(batch)
+            runs.append(tuple(out) + grads_of_everything(model, out))
+        return runs
+
+    def equal(a, b) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a, b))
+
+    model = dropout_free_model(hp)
+    assert model.encoder.lstm.training and model.decoder.attention_rnn.training
+    first, second = passes(model)
+    assert equal(first, second)
+    in_eval = passes(seeded_model(without_dropout(hp)).eval())[0]
+    assert equal(first, in_eval)
+    for name in DROPOUTS:
+        noisy = seeded_model(without_dropout(hp).replace(**{name: 0.5})).train()
+        assert not equal(*passes(noisy)), name
+
+
 def test_extra_padding_changes_nothing():
     hp = tiny("p_prenet_dropout=0")
     model = seeded_model(hp).eval()
@@ -310,8 +315,7 @@ def test_unsorted_batch_matches_sorted():
     model = seeded_model(hp).eval()
     batch = make_batch(hp, [3, 7, 5], [6, 12, 9])
     order = torch.tensor([1, 2, 0])
-    sorted_batch = SimpleNamespace(**{k: (v[order] if torch.is_tensor(v) else v)
-                                      for k, v in vars(batch).items()})
+    sorted_batch = Batch(*(t[order] for t in batch[:5]))
     with torch.no_grad():
         a = model.forward_batch(batch)
         b = model.forward_batch(sorted_batch)
@@ -323,16 +327,14 @@ def test_unsorted_batch_matches_sorted():
 
 @pytest.mark.parametrize("r", [1, 2, 3])
 def test_optimised_step_equals_reference_decoder(r):
-    hp = tiny(f"p_prenet_dropout=0,n_frames_per_step={r}")
+    hp = tiny(f"n_frames_per_step={r}")
     batch = make_batch(hp, [7, 5, 2], [14, 11, 4])
-    model = seeded_model(hp).eval()  # dropouts off, so both loops see the same function
+    model = dropout_free_model(hp)  # both loops compute the same function
     fast = model.forward_batch(batch)
-    grads_fast = torch.autograd.grad(sum(t.square().sum() for t in fast[:3]) +
-                                     fast.alignments.square().sum(), list(model.parameters()))
+    grads_fast = grads_of_everything(model, fast)
     slow = reference_forward(model, batch.text, batch.text_lengths, batch.mel, batch.mel_lengths,
                              per_step_memory_projection=True)
-    grads_slow = torch.autograd.grad(sum(t.square().sum() for t in slow[:3]) +
-                                     slow.alignments.square().sum(), list(model.parameters()))
+    grads_slow = grads_of_everything(model, slow)
     for a, b in zip(fast, slow):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     for (name, _), a, b in zip(model.named_parameters(), grads_fast, grads_slow):
@@ -495,52 +497,12 @@ def test_teacher_forced_and_free_running_agree(r):
     assert not torch.allclose(other.mel[:, :, r:], free.mel[:, :, r:])
 
 
-def _lively_model(hp, seed=3):
-    """A model with livelier dynamics and gate, whose items stop at different steps."""
-    model = seeded_model(hp, seed=seed).eval()
-    decoder = model.decoder
-    with torch.no_grad():
-        for weight in (decoder.attention_rnn.weight_ih, decoder.attention_rnn.weight_hh,
-                       decoder.decoder_rnn.weight_ih, decoder.decoder_rnn.weight_hh):
-            weight.mul_(3.0)
-        decoder.gate_layer.linear_layer.weight.mul_(5.0)
-    return model
-
-
-def _gate_trajectories(model, batch):
-    """Per item, the max gate probability of each step, decoded alone without stopping."""
-    r = model.n_frames_per_step
-    model.decoder.gate_threshold = 1.0  # never stops
-    out = []
-    for i, n in enumerate(batch.text_lengths.tolist()):
-        alone = model.inference(batch.text[i:i + 1, :n], batch.text_lengths[i:i + 1])
-        out.append(torch.sigmoid(alone.gate[0].double()).view(-1, r).max(1).values)
-    return out
-
-
-def _threshold_with_distinct_stops(trajectories):
-    """A threshold giving items different stop steps, as far as possible from every gate value."""
-    values = torch.cat(trajectories).unique().sort().values
-    best = None
-    for lo, hi in zip(values[:-1].tolist(), values[1:].tolist()):
-        theta = (lo + hi) / 2
-        stops = []
-        for traj in trajectories:
-            above = (traj > theta).nonzero()
-            stops.append(int(above[0]) + 1 if len(above) else None)
-        margin = min(float((traj - theta).abs().min()) for traj in trajectories)
-        key = (len(set(stops)), margin)
-        if best is None or key > best[0]:
-            best = (key, theta, stops)
-    return best[1], best[2], best[0][1]
-
-
 @pytest.mark.parametrize("r", [1, 2])
 def test_batched_inference_equals_items_alone(r):
     hp = tiny(f"p_prenet_dropout=0,n_frames_per_step={r},max_decoder_steps=25")
-    model = _lively_model(hp)
+    model = lively_model(hp)
     batch = make_batch(hp, [9, 6, 3, 7], [5, 5, 5, 5], seed=5, extra_text=2)
-    theta, stops, margin = _threshold_with_distinct_stops(_gate_trajectories(model, batch))
+    theta, stops, margin = threshold_with_distinct_stops(gate_trajectories(model, batch))
     assert len(set(stops)) >= 3 and margin > 1e-5, (stops, margin)  # the premise of the test
     model.decoder.gate_threshold = theta
     together = model.inference(batch.text, batch.text_lengths)
@@ -585,23 +547,17 @@ def test_inference_stops_on_gate_and_reports_max_steps():
 # eager loop. tests/test_cuda.py checks the captured CUDA graphs against the eager loop on a GPU.
 
 
-def _grads_of_everything(model, out):
-    """Gradients of a loss that reaches every output (mel, postnet, gate and alignments)."""
-    total = sum(t.square().sum() for t in out[:3]) + out.alignments.square().sum()
-    return torch.autograd.grad(total, list(model.parameters()))
-
-
 @pytest.mark.parametrize("r", [1, 2, 3])
 def test_static_loop_equals_eager_loop(r):
-    hp = tiny(f"p_prenet_dropout=0,n_frames_per_step={r}")
+    hp = tiny(f"n_frames_per_step={r}")
     batch = make_batch(hp, [7, 5, 2], [14, 11, 4])
-    model = seeded_model(hp).eval()  # dropouts off, so both loops compute the same function
+    model = dropout_free_model(hp)  # both loops compute the same function
     eager = model.forward_batch(batch)
-    grads_eager = _grads_of_everything(model, eager)
+    grads_eager = grads_of_everything(model, eager)
     model.decoder.cuda_graphs = True
     for attempt in range(2):  # the second call reuses the first call's buffers
         static = model.forward_batch(batch)
-        grads_static = _grads_of_everything(model, static)
+        grads_static = grads_of_everything(model, static)
         # The static loop pads the text to a bucket; the outputs are cut back to its width.
         assert padded_text_length(7) == TEXT_BUCKET and static.alignments.shape[2] == 7
         for a, b in zip(static, eager):
@@ -670,15 +626,15 @@ def test_static_loop_refuses_a_backward_after_its_buffers_were_overwritten():
 
 
 def test_static_loop_bf16_autocast_matches_eager_loop():
-    hp = tiny("p_prenet_dropout=0")
+    hp = tiny()
     batch = make_batch(hp, [7, 5, 3], [14, 11, 6])
-    model = seeded_model(hp).eval()
+    model = dropout_free_model(hp)
     results = []
     for graphs in (False, True):
         model.decoder.cuda_graphs = graphs
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model.forward_batch(batch)
-        results.append((out, _grads_of_everything(model, out)))
+        results.append((out, grads_of_everything(model, out)))
     (eager, grads_eager), (static, grads_static) = results
     assert static.mel.dtype == eager.mel.dtype == torch.bfloat16
     for a, b in zip(static, eager):
@@ -693,9 +649,9 @@ def test_static_free_running_equals_eager(r, check_every):
     """Items stop at different steps; reading the stop flags only every few steps changes
     nothing, the output is cut where the last item stopped."""
     hp = tiny(f"p_prenet_dropout=0,n_frames_per_step={r},max_decoder_steps=25")
-    model = _lively_model(hp)
+    model = lively_model(hp)
     batch = make_batch(hp, [9, 6, 3, 7], [5, 5, 5, 5], seed=5, extra_text=2)
-    theta, stops, margin = _threshold_with_distinct_stops(_gate_trajectories(model, batch))
+    theta, stops, margin = threshold_with_distinct_stops(gate_trajectories(model, batch))
     assert len(set(stops)) >= 3 and margin > 1e-5, (stops, margin)  # the premise of the test
     for threshold in (theta, 0.0):  # items stopping apart; all stopping after the first step
         model.decoder.gate_threshold = threshold
@@ -729,17 +685,17 @@ def test_compiled_step_in_static_loop_equals_eager():
     inductor gets too, without inductor's C++ code generation (minutes on two CPU cores);
     tests/test_cuda.py runs the inductor step on a GPU.
     """
-    hp = tiny("p_prenet_dropout=0,n_frames_per_step=2")
+    hp = tiny("n_frames_per_step=2")
     batch = make_batch(hp, [7, 5, 2], [14, 11, 4])
-    model = seeded_model(hp).eval()
+    model = dropout_free_model(hp)
     eager = model.forward_batch(batch)
-    grads_eager = _grads_of_everything(model, eager)
+    grads_eager = grads_of_everything(model, eager)
     decoder = model.decoder
     decoder.cuda_graphs = decoder.use_compile = True
     decoder._compiled_step = torch.compile(decoder.decode_step, backend="aot_eager",
                                            dynamic=True)
     compiled = model.forward_batch(batch)
-    grads_compiled = _grads_of_everything(model, compiled)
+    grads_compiled = grads_of_everything(model, compiled)
     for a, b in zip(compiled, eager):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     for (name, _), a, b in zip(model.named_parameters(), grads_compiled, grads_eager):

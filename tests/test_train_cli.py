@@ -1,31 +1,25 @@
-"""train.py through its real CLI: run files, logs, TensorBoard tags, resume, SIGTERM, warm start."""
+"""train.py through its real CLI: run files, logs, TensorBoard tags, resume, SIGTERM, warm start.
+
+Every test here starts `python train.py`: all are `slow`.
+"""
 import json
 import re
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from synthetic import write_token_corpus
+from helpers import ROOT, corpus_hparams, train_command, wait_for, write_token_corpus
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _hparams(train, val, extra=""):
-    base = (f"preset=tiny,training_files={train},validation_files={val},"
-            f"text_cleaners=[basic_cleaners]")
-    return base + ("," + extra if extra else "")
+pytestmark = pytest.mark.slow
 
 
 def _train(tmp_path, hparams, *more, check=True, timeout=300):
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"),
-           f"--output_directory={tmp_path / 'output'}", f"--log_directory={tmp_path / 'logs'}",
-           f"--tensorboard_directory={tmp_path / 'runs'}", f"--hparams={hparams}", *more]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+    proc = subprocess.run(train_command(tmp_path, hparams, *more), capture_output=True, text=True,
+                          timeout=timeout, cwd=tmp_path)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -40,7 +34,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, corpus):
     tmp_path = tmp_path_factory.mktemp("run")
-    _train(tmp_path, _hparams(*corpus, "max_steps=10,keep_checkpoints=0"))
+    _train(tmp_path, corpus_hparams(*corpus, "max_steps=10,keep_checkpoints=0"))
     return tmp_path
 
 
@@ -57,6 +51,16 @@ def test_run_layout(trained):
     assert [r["step"] for r in records] == [5, 10]
     assert 0.0 <= records[-1]["metrics"]["diagonal_score"] <= 1.0
     assert records[-1]["guided_weight"] > 0
+    # speech quality at the first free-running validation (then every iters_per_quality-th),
+    # with the recordings' own references beside it
+    quality = records[0]["quality"]
+    assert quality["mean_mcd"] > 0 and len(quality["mcd"]) == 2
+    refs = quality["references"]
+    assert refs["self_mcd"] == 0 and 0 <= refs["griffin_lim_mcd"] < refs["flat_mcd"]
+    assert "quality" not in records[1]
+    assert re.search(r"quality step 5: MCD \d+\.\d+ dB over 2 items \(recordings' Griffin-Lim "
+                     r"\d+\.\d+ dB, hum \d+\.\d+ dB\)", log)
+    assert "step 5: aligned no; understood" in log
     snap = torch.from_numpy(__import__("numpy").load(run / "alignments" / "step_10.npz")["alignments"])
     assert snap.dim() == 3 and snap.shape[0] == 4
 
@@ -71,7 +75,8 @@ def test_tensorboard_tags(trained):
                 "validation.loss", "training.attention_loss", "training.guided_weight",
                 "alignment.diagonal_score", "alignment.focus_score", "alignment.coverage",
                 "alignment_free.diagonal_score", "alignment_free.reading_diagonal_score",
-                "alignment_free.runs_on_share"):
+                "alignment_free.runs_on_share", "quality.mcd_db", "quality.mcd_hum_db",
+                "quality.mcd_griffin_lim_db"):
         assert tag in scalars, tag
     images = set(acc.Tags()["images"])
     for tag in ("alignment", "mel_target", "mel_predicted", "gate"):
@@ -109,24 +114,19 @@ def test_resume_continues_step_lr_and_weight(tmp_path, trained, corpus):
     assert f"guided_weight {w11:.4g}" in line
 
 
-def _wait_for_log(log, text, seconds=120):
-    """Polls the trainer's log until `text` appears (or the time is up)."""
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if log.exists() and text in log.read_text():
-            return
-        time.sleep(0.2)
+def _wait_for_log(log, text, proc):
+    """Waits (up to two minutes) until the trainer's log shows `text`."""
+    assert wait_for(lambda: log.exists() and text in log.read_text(), proc=proc), text
 
 
 def test_sigterm_leaves_loadable_checkpoint(tmp_path, corpus):
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"),
-           f"--output_directory={tmp_path / 'output'}", f"--log_directory={tmp_path / 'logs'}",
-           f"--tensorboard_directory={tmp_path / 'runs'}",
-           f"--hparams={_hparams(*corpus, 'max_steps=100000,iters_per_checkpoint=100000,iters_per_validation=100000')}"]
+    hparams = corpus_hparams(*corpus, "max_steps=100000,iters_per_checkpoint=100000,"
+                                      "iters_per_validation=100000")
+    cmd = train_command(tmp_path, hparams)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=tmp_path)
     log = tmp_path / "logs" / "train.log"
-    _wait_for_log(log, "step 3:")
+    _wait_for_log(log, "step 3:", proc)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
@@ -143,7 +143,7 @@ def test_warm_start_cli(tmp_path, corpus):
     from model import Tacotron2
     hp = create_hparams("preset=tiny")
     torch.save({"state_dict": Tacotron2(hp).state_dict()}, tmp_path / "nvidia.pt")
-    _train(tmp_path, _hparams(*corpus, "max_steps=2"), "-c", str(tmp_path / "nvidia.pt"),
+    _train(tmp_path, corpus_hparams(*corpus, "max_steps=2"), "-c", str(tmp_path / "nvidia.pt"),
            "--warm_start")
     log = (tmp_path / "logs" / "train.log").read_text()
     assert "warm start from" in log and "embedding.weight" in log
@@ -220,14 +220,13 @@ def test_validation_line_parts_add_up_to_the_total(trained):
 def test_a_signal_to_the_whole_process_group_with_workers_saves_and_exits(tmp_path, corpus, signum):
     """Ctrl-C, `timeout` and schedulers signal every process of the group, DataLoader workers
     included: the trainer still finishes its step, saves and exits 128+signal, no traceback."""
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"),
-           f"--output_directory={tmp_path / 'output'}", f"--log_directory={tmp_path / 'logs'}",
-           f"--tensorboard_directory={tmp_path / 'runs'}",
-           f"--hparams={_hparams(*corpus, 'num_workers=2,max_steps=100000,iters_per_checkpoint=100000,iters_per_validation=100000')}"]
+    hparams = corpus_hparams(*corpus, "num_workers=2,max_steps=100000,iters_per_checkpoint=100000,"
+                                      "iters_per_validation=100000")
+    cmd = train_command(tmp_path, hparams)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=tmp_path, start_new_session=True)
     log = tmp_path / "logs" / "train.log"
-    _wait_for_log(log, "step 3:")
+    _wait_for_log(log, "step 3:", proc)
     os.killpg(proc.pid, signum)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum, out[-2000:] + err[-2000:]

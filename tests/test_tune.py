@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import optuna
 import pytest
@@ -19,7 +18,8 @@ import pytest
 import tune
 import tuning
 from hparams import create_hparams
-from synthetic import write_token_corpus
+from run_files import ValidationRecord
+from helpers import wait_for, write_token_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUNE = os.path.join(ROOT, "tune.py")
@@ -39,6 +39,11 @@ def _record(step, diag=None, near=0.0, mel=1.0, flags=(), loss=1.0, reading=None
     if reading is not None:
         record["free_running"]["reading_diagonal_score"] = reading
     return record
+
+
+def _score(records):
+    """tuning.score_records of records given as dicts, read as train.py's readers read them."""
+    return tuning.score_records([ValidationRecord.from_dict(r) for r in records])
 
 
 # ------------------------------------------------------------------------------- search space
@@ -102,29 +107,29 @@ def test_space_contains_the_plan_and_valid_settings():
 # ------------------------------------------------------------------------------- objective
 def test_score_area_aligned_step_and_tie_breakers():
     records = [_record(100, 0.2), _record(200, 0.8, near=0.5, mel=1.0), _record(300, 0.6)]
-    score = tuning.score_records(records)
+    score = _score(records)
     # trapezoids from (0, 0): 100*0.1 + 100*0.5 + 100*0.7 = 130 over 300 steps
     assert score.mean_diagonality == pytest.approx(130 / 300)
     assert score.aligned_step == 200 and score.step == 300 and score.last_diagonality == 0.6
     # records without a reading diagonality (older trainers): the whole-map one stands in
     assert score.mean_reading == pytest.approx(130 / 300)
     assert score.value == pytest.approx(130 / 300 * (1 + tuning.READING_WEIGHT) + tuning.MEL_WEIGHT / 2)
-    late = tuning.score_records([_record(100, 0.0), _record(200, 0.2), _record(300, 0.8)])
+    late = _score([_record(100, 0.0), _record(200, 0.2), _record(300, 0.8)])
     assert late.value < score.value  # aligning later scores lower, even with a higher end
-    tied = tuning.score_records([_record(100, 0.2), _record(200, 0.8, near=1.0), _record(300, 0.6,
+    tied = _score([_record(100, 0.2), _record(200, 0.8, near=1.0), _record(300, 0.6,
                                                                                   near=1.0)])
     assert tied.value == pytest.approx(score.value + tuning.NEAR_LENGTH_WEIGHT)
     # a validation without free-running decoding adds no point; it still counts for divergence
-    assert tuning.score_records([_record(100, None), _record(200, 0.4)]).curve == [(200, 0.4, 0.4)]
-    assert tuning.score_records([_record(100, None)]).value is None
+    assert _score([_record(100, None), _record(200, 0.4)]).curve == [(200, 0.4, 0.4)]
+    assert _score([_record(100, None)]).value is None
 
 
 def test_reading_orders_trials_before_the_gate_stops_them():
     """Before the gate learns to stop, the whole-map score is 0 for everyone; reading tells them
     apart, and a trial that reads and stops beats any that only reads."""
-    reads = tuning.score_records([_record(50, 0.0, reading=0.6), _record(100, 0.0, reading=1.0)])
-    lost = tuning.score_records([_record(50, 0.0, reading=0.1), _record(100, 0.0, reading=0.2)])
-    stops = tuning.score_records([_record(50, 0.1, reading=0.6), _record(100, 0.5, reading=1.0)])
+    reads = _score([_record(50, 0.0, reading=0.6), _record(100, 0.0, reading=1.0)])
+    lost = _score([_record(50, 0.0, reading=0.1), _record(100, 0.0, reading=0.2)])
+    stops = _score([_record(50, 0.1, reading=0.6), _record(100, 0.5, reading=1.0)])
     assert reads.mean_diagonality == 0.0 and reads.mean_reading == pytest.approx(0.55)
     assert lost.value < reads.value < stops.value
     assert reads.curve == [(50, 0.0, 0.6), (100, 0.0, 1.0)]
@@ -132,45 +137,27 @@ def test_reading_orders_trials_before_the_gate_stops_them():
 
 
 def test_score_divergence():
-    nan_loss = tuning.score_records([_record(100, 0.3), _record(200, 0.4, loss=float("nan"))])
+    nan_loss = _score([_record(100, 0.3), _record(200, 0.4, loss=float("nan"))])
     assert "non-finite total loss at step 200" in nan_loss.diverged
-    flagged = tuning.score_records([_record(100, 0.3, flags=[{"id": 5, "name": "divergence",
+    flagged = _score([_record(100, 0.3, flags=[{"id": 5, "name": "divergence",
                                                              "message": "loss exploded"}])])
     assert "divergence" in flagged.diverged
-    other = tuning.score_records([_record(100, 0.3, flags=[{"id": 1, "name": "low_diagonality",
+    other = _score([_record(100, 0.3, flags=[{"id": 1, "name": "low_diagonality",
                                                            "message": "x"}])])
     assert other.diverged is None and other.red_flags == ["low_diagonality"]
-    assert tuning.score_records([_record(100, float("inf"))]).diverged
+    assert _score([_record(100, float("inf"))]).diverged
     broken = _record(100, 0.3)
     broken["free_running"]["failure_counts"] = {"non_finite": 2, "stuck": 0}
-    assert "non-finite free-running attention in 2 item(s)" in tuning.score_records([broken]).diverged
+    assert "non-finite free-running attention in 2 item(s)" in _score([broken]).diverged
     healthy = _record(100, 0.3)
     healthy["failure_counts"] = {"non_finite": 0, "stuck": 3}
-    assert tuning.score_records([healthy]).diverged is None
-
-
-def test_follower_reads_whole_lines_and_follows_a_rewrite(tmp_path):
-    path = tmp_path / "diagnostics.jsonl"
-    follower = tuning.RecordFollower(str(path))
-    assert follower.poll() == ([], False)
-    path.write_text(json.dumps({"step": 1}) + "\n" + '{"step": ')
-    assert follower.poll() == ([{"step": 1}], False)
-    with open(path, "a") as f:
-        f.write("2}\n" + json.dumps({"step": 3}) + "\n")
-    assert follower.poll() == ([{"step": 2}, {"step": 3}], False)
-    # a rollback to step 1: train.py renames a shorter file over the log
-    tmp = tmp_path / "new.jsonl"
-    tmp.write_text(json.dumps({"step": 1}) + "\n")
-    os.replace(tmp, path)
-    assert follower.poll() == ([{"step": 1}], True)
-    with open(path, "a") as f:
-        f.write(json.dumps({"step": 2, "again": True}) + "\n")
-    assert follower.poll() == ([{"step": 2, "again": True}], False)
+    assert _score([healthy]).diverged is None
 
 
 # ------------------------------------------------------------------------------- outcomes
 def _runner():
-    args = argparse.Namespace(hparams="preset=tiny", steps=STEPS, output_directory="o",
+    args = argparse.Namespace(hparams="preset=tiny", steps=STEPS, objective="alignment",
+                              output_directory="o",
                               log_directory="l", tensorboard_directory="r", threads=1)
     return tune.TrialRunner(args, tuning.SEARCH_SPACE, tune.DevicePool([None]), threading.Event())
 
@@ -185,12 +172,13 @@ def test_exit_status_and_records_decide_the_outcome(tmp_path):
     def judge(status, records, run_dir=tmp_path):
         trial = study.ask()
         try:
-            return runner._judge(trial, status, records, str(run_dir), str(console), optuna), trial
+            return runner._judge(trial, status, [ValidationRecord.from_dict(r) for r in records],
+                                 str(run_dir), str(console), optuna), trial
         except Exception as err:  # the exception is the outcome under test
             return err, trial
 
     value, _ = judge(0, good)
-    assert value == pytest.approx(tuning.score_records(good).value)
+    assert value == pytest.approx(_score(good).value)
     err, trial = judge(3, good + [_record(6, 0.1, flags=[{"id": 1, "name": "low_diagonality"}])])
     assert isinstance(err, optuna.TrialPruned) and "red flag" in trial.user_attrs["note"]
     err, trial = judge(2, [])
@@ -313,11 +301,9 @@ def _command(tmp_path, train, val, n_trials, *more):
 
 
 def _wait_for(path, proc, timeout=180.0):
-    deadline = time.time() + timeout
-    while not os.path.exists(path):
+    if not wait_for(lambda: os.path.exists(path), timeout, proc=proc):
         assert proc.poll() is None, f"tune.py ended early: {proc.communicate()}"
-        assert time.time() < deadline, f"{path} did not appear"
-        time.sleep(0.2)
+        raise AssertionError(f"{path} did not appear")
 
 
 @pytest.fixture(scope="module")
@@ -363,7 +349,7 @@ def test_study_file_trial_folders_and_logs(study_run):
     assert [r["step"] for r in records] == [2, 4]
     trial0 = study_run["study"].trials[0]
     assert sorted(trial0.intermediate_values) == [2, 4]  # one report per validation
-    assert trial0.value == pytest.approx(tuning.score_records(records).value)
+    assert trial0.value == pytest.approx(_score(records).value)
     assert "p_prenet_dropout" not in trial0.params  # --space removed it
     assert trial0.distributions["guide_sigma"].low == 0.1
 
@@ -399,3 +385,21 @@ def test_final_report_and_hparams_string(study_run):
     assert f'python train.py --hparams="{text}"' in out
     assert (tmp / "output" / "tune_diagonality.png").stat().st_size > 1000
     assert (tmp / "output" / "tune_summary.md").read_text().strip() in out
+
+
+def test_quality_objective_ranks_speech_between_hum_and_ceiling():
+    def with_quality(step, mcd):
+        record = _record(step, 0.8, near=1.0)
+        record["quality"] = {"mean_mcd": mcd, "mcd": [mcd], "references": {
+            "self_mcd": 0.0, "griffin_lim_mcd": 0.5, "flat_mcd": 4.5}}
+        return record
+
+    records = [_record(100, 0.8, near=1.0), with_quality(200, 2.5)]
+    alignment = _score(records).value
+    quality = tuning.score_records([ValidationRecord.from_dict(r) for r in records], "quality")
+    assert quality.quality == pytest.approx(0.5) and quality.mcd == 2.5  # half way from the hum
+    assert quality.value == pytest.approx(tuning.QUALITY_ALIGNMENT_WEIGHT * alignment + 0.5)
+    better = tuning.score_records([ValidationRecord.from_dict(with_quality(200, 1.0))], "quality")
+    assert better.quality > quality.quality
+    assert tuning.quality_fraction({"mean_mcd": 9.0, "references": {"griffin_lim_mcd": 0.5,
+                                                                     "flat_mcd": 4.5}}) == 0.0

@@ -1,19 +1,17 @@
-"""The fault campaign's harness (bench/faults.py): running trainers and checking what they leave.
+"""The fault tests' harness (test_faults.py, test_fuzz.py): running trainers, killing them, and
+checking what they leave in their run folder.
 
-- `Ledger`: every problem, traceback and lost file of a campaign, shared by its threads.
-- `Workspace`: a campaign's folders, generated corpus and base hparams, and the runner of its
-  processes (`python SCRIPT ARGS`, forked from a server that imported train.py's modules once,
-  or exec'd); `ProcResult` is the record of one process.
-- `DirWatch`: new and vanished files in a run folder as they happen (inotify), and the names of
-  the temporary files a trainer writes (`TEMPORARIES`, `temporary_pattern`).
-- the run-folder integrity checks: `check_run_files` (every checkpoint loads, checkpoint_LATEST
-  resolves, snapshots and hparams.json load, diagnostics.jsonl parses, no temporary left over,
-  no file lost since the kill), `run_inventory`, and `checkpoint_difference` (the exact-resume
-  comparison, bit for bit).
-- `Reference`: the record of the uninterrupted run the kills are compared with.
-
-Importing it puts the repository and tests/ on sys.path and gives this process, and every
-trainer it starts, one thread.
+- `Tally`: what the fault tests tried and how it went (kills survived, resumes exact, bad inputs
+  refused cleanly, fuzzed inputs clean, files lost, tracebacks); conftest.py prints its
+  `summary()` at the end of the session.
+- `Workspace`: a generated corpus, the base hparams, and the runner of `python SCRIPT ARGS`
+  processes, forked from a server that imported train.py's modules once; `ProcResult` is the
+  record of one process.
+- `DirWatch` and `watched_run`: the temporary files a trainer writes (`TEMPORARIES`), seen the
+  moment they appear (inotify), and a SIGKILL at a planned moment or inside a planned write.
+- the run-folder checks: `run_inventory`, `check_run_files` (every file loads, nothing torn or
+  orphaned, nothing lost since the kill), `checkpoint_difference` (the exact-resume comparison,
+  bit for bit), `lock_pid`. They are the only functions here that know the run folder's layout.
 """
 from __future__ import annotations
 
@@ -36,52 +34,81 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN = os.path.join(ROOT, "train.py")
-DIAGNOSTICS = os.path.join(ROOT, "alignment_diagnostics.py")
-for _path in (ROOT, os.path.join(ROOT, "tests")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+import numpy as np
+import torch
 
-os.environ["OMP_NUM_THREADS"] = "1"  # this process and every trainer it starts: one thread each
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-torch.set_num_threads(1)
-
-from checkpoint import LATEST, resolve_checkpoint  # noqa: E402
-from synthetic import write_token_corpus  # noqa: E402  (tests/synthetic.py)
+from checkpoint import resolve_checkpoint
+from helpers import ROOT, corpus_hparams, train_command, write_token_corpus
+from runlock import LOCK_NAME
 
 TRACEBACK = "Traceback (most recent call last)"
 PROC_TIMEOUT = 300  # seconds; a trainer still running after it counts as hung
 
 
-# ---------------------------------------------------------------------------------- bookkeeping
-class Ledger:
-    """Every figure and every problem of the campaign; shared by the worker threads."""
+# ---------------------------------------------------------------------------------- tally
+KIND_LABELS = {"random": "random moment", "checkpoint": "checkpoint write",
+               "snapshot": "snapshot write", "latest": "checkpoint_LATEST link",
+               "hparams": "hparams.json write"}
+
+
+class Tally:
+    """What the fault tests of a session tried, and how it went."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.problems: List[str] = []
-        self.tracebacks: List[str] = []
+        self.kills: Dict[str, List[Tuple[bool, bool]]] = {}  # kind -> (survived, landed inside
+        # the write it targeted (random kills: inside any write)), per kill
+        self.resumes: List[bool] = []  # exact, per run that finished after a kill
+        self.fresh_restarts = 0  # of those, runs killed before their first checkpoint
+        self.bad_inputs: List[bool] = []  # refused cleanly
+        self.fuzz: Dict[str, List[int]] = {}  # target -> [tried, accepted, rejected]
+        self.cli_fuzz: List[bool] = []  # clean
+        self.concurrent: List[bool] = []  # refused cleanly
         self.files_lost: List[str] = []
+        self.tracebacks: List[str] = []
         self.processes = 0
 
-    def problem(self, text: str) -> None:
-        with self.lock:
-            self.problems.append(text)
+    def fuzz_counts(self, target: str) -> List[int]:
+        return self.fuzz.setdefault(target, [0, 0, 0])
 
-    def traceback(self, text: str) -> None:
-        with self.lock:
-            self.tracebacks.append(text)
-            self.problems.append(f"traceback: {text}")
+    def ran(self) -> bool:
+        return bool(self.processes or self.fuzz)
 
-    def lost(self, text: str) -> None:
-        with self.lock:
-            self.files_lost.append(text)
-            self.problems.append(f"file lost: {text}")
+    def summary(self) -> str:
+        """One line: each figure the session produced (and only those)."""
+        parts = []
+        if self.kills:
+            survived = [ok for kills in self.kills.values() for ok, _ in kills]
+            kinds = []
+            for kind, kills in sorted(self.kills.items()):
+                landed = sum(inside for _, inside in kills)
+                text = f"{KIND_LABELS[kind]} {sum(ok for ok, _ in kills)}/{len(kills)}"
+                if kind != "random":
+                    text += f" (landed inside it {landed}/{len(kills)})"
+                elif landed:
+                    text += f" ({landed} inside a write)"
+                kinds.append(text)
+            parts.append(f"kills survived {sum(survived)}/{len(survived)} ({', '.join(kinds)})")
+        if self.resumes:
+            fresh = f" ({self.fresh_restarts} a fresh restart)" if self.fresh_restarts else ""
+            parts.append(f"resumes exact {sum(self.resumes)}/{len(self.resumes)}{fresh}")
+        if self.bad_inputs:
+            parts.append(f"bad inputs refused cleanly {sum(self.bad_inputs)}/"
+                         f"{len(self.bad_inputs)}")
+        if self.concurrent:
+            parts.append(f"second trainers refused {sum(self.concurrent)}/"
+                         f"{len(self.concurrent)}")
+        for target, (tried, accepted, rejected) in sorted(self.fuzz.items()):
+            parts.append(f"fuzzed {target} clean {accepted + rejected}/{tried} "
+                         f"(accepted {accepted}, refused {rejected})")
+        if self.cli_fuzz:
+            parts.append(f"fuzzed hparams through train.py clean {sum(self.cli_fuzz)}/"
+                         f"{len(self.cli_fuzz)}")
+        parts.append(f"files lost {len(self.files_lost)}")
+        parts.append(f"tracebacks {len(self.tracebacks)} in {self.processes} processes")
+        return "fault campaign: " + "; ".join(parts)
 
 
+# ---------------------------------------------------------------------------------- processes
 @dataclasses.dataclass
 class ProcResult:
     label: str
@@ -96,16 +123,17 @@ class ProcResult:
     def tail(self, n: int = 1500) -> str:
         return (self.stdout[-n:] + "\n--- stderr ---\n" + self.stderr[-n:]).strip()
 
+    def has_traceback(self) -> bool:
+        return TRACEBACK in self.stderr or TRACEBACK in self.stdout
 
-# ---------------------------------------------------------------------------------- processes
+
 # Starting `python train.py` costs seconds of CPU in imports (torch alone ~3 s) before the first
-# line of training; a campaign starts dozens. With --spawn fork (the default) every trainer is a
-# child of a fork server that imported train.py's modules once (multiprocessing's forkserver:
-# a single-threaded process, so forking it is safe). The child runs the script itself with
-# runpy, as `python SCRIPT ARGS` would: same argv, same __main__, same exit status (a SIGKILL
-# reads -9), output to its own files. --spawn exec starts real `python SCRIPT` processes instead.
-_FORK_PRELOAD = ["train", "alignment_diagnostics", "check_data", "librosa.filters", "torch._dynamo",
-                 "torch.utils.tensorboard", "matplotlib.pyplot"]
+# line of training, and the fault tests start dozens. So every trainer is a child of a fork server
+# that imported train.py's modules once (multiprocessing's forkserver: a single-threaded process,
+# so forking it is safe). The child runs the script with runpy, as `python SCRIPT ARGS` would:
+# same argv, same __main__, same exit status (a SIGKILL reads -9), output to its own files.
+_FORK_PRELOAD = ["train", "alignment_diagnostics", "check_data", "librosa.filters",
+                 "torch._dynamo", "torch.utils.tensorboard", "matplotlib.pyplot"]
 _mp_context = None
 _mp_lock = threading.Lock()
 
@@ -116,8 +144,7 @@ def _child_main(script: str, argv: List[str], cwd: str, out: str, err: str) -> N
         target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(target, fd)
         os.close(target)
-    # unbuffered, as PYTHONUNBUFFERED=1 gives the exec'd trainers: a killed trainer's last
-    # lines are on disk
+    # unbuffered, as PYTHONUNBUFFERED=1 would be: a killed trainer's last lines are on disk
     sys.stdout = open(1, "w", encoding="utf-8", buffering=1, closefd=False)
     sys.stderr = open(2, "w", encoding="utf-8", buffering=1, closefd=False)
     os.chdir(cwd)
@@ -135,7 +162,7 @@ def _child_main(script: str, argv: List[str], cwd: str, out: str, err: str) -> N
             code = 1
     except BaseException:
         # The fork server stands in for the interpreter: an uncaught exception must reach stderr
-        # exactly as `python train.py` would print it, so that the campaign can count it.
+        # exactly as `python train.py` would print it, so that the tests see the traceback.
         sys.excepthook(*sys.exc_info())
         code = 1
     with contextlib.suppress(Exception):
@@ -151,8 +178,8 @@ class ForkedProcess:
         global _mp_context
         with _mp_lock:
             if _mp_context is None:
-                # the server imports the preload by name; Python 3.11's forkserver does not pass
-                # on sys.path (only the environment), so the repository goes in PYTHONPATH
+                # the server imports the preload by name; Python 3.11's forkserver passes it the
+                # environment, not sys.path, so the repository goes in PYTHONPATH
                 paths = [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
                                   if p and p != ROOT]
                 os.environ["PYTHONPATH"] = os.pathsep.join(paths)
@@ -185,50 +212,51 @@ class ForkedProcess:
 
 
 class Workspace:
-    """Folders, the corpus, the base hparams and the process runner of one campaign."""
+    """The fault tests' folder: a generated corpus (18 training and 4 validation utterances),
+    the base hparams, and the runs, logs and process outputs under it."""
 
-    def __init__(self, root: str, ledger: Ledger, spawn: str = "fork"):
+    def __init__(self, root: str, tally: Tally):
         self.root = os.path.abspath(root)
-        self.ledger = ledger
-        self.spawn = spawn
+        self.tally = tally
         self.output = os.path.join(self.root, "output")
         self.procs = os.path.join(self.root, "procs")
         os.makedirs(self.procs, exist_ok=True)
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT,
-                    "PYTHONUNBUFFERED": "1"}
         self.train_list, self.val_list = write_token_corpus(os.path.join(self.root, "corpus"),
                                                             n_train=18, n_val=4)
         self.corpus = os.path.dirname(self.train_list)
-        self.base = (f"preset=tiny,training_files={self.train_list},"
-                     f"validation_files={self.val_list},text_cleaners=[basic_cleaners]")
+        self.base = corpus_hparams(self.train_list, self.val_list)
 
     def run_dir(self, run_name: str) -> str:
         return os.path.join(self.output, run_name)
 
-    def train_cmd(self, run_name: str, hparams: str, *more: str, script: str = TRAIN,
-                  output: Optional[str] = None, log_name: Optional[str] = None) -> List[str]:
-        return [sys.executable, script, f"--output_directory={output or self.output}",
-                f"--log_directory={os.path.join(self.root, 'logs', log_name or run_name)}",
-                f"--tensorboard_directory={os.path.join(self.root, 'tb')}",
-                f"--run_name={run_name}", f"--hparams={hparams}", *more]
+    def train_cmd(self, run_name: str, hparams: str, *more: str, script: Optional[str] = None,
+                  log_name: Optional[str] = None) -> List[str]:
+        """train.py (or `script`) on run `run_name`, its logs in logs/<log_name or run_name>."""
+        extra = {"script": script} if script else {}
+        return train_command(self.root, hparams, *more, run_name=run_name,
+                             log=os.path.join("logs", log_name or run_name), **extra)
 
-    def start(self, label: str, cmd: List[str]) -> Tuple[Any, str, str, float]:
+    def log_of(self, run_name: str) -> str:
+        """train.log of a run started with `train_cmd` (empty when there is none)."""
+        path = os.path.join(self.root, "logs", run_name, "train.log")
+        with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as f:
+            return f.read()
+        return ""
+
+    def start(self, label: str, cmd: List[str]) -> Tuple[ForkedProcess, str, str, float]:
         """Starts `cmd` (python SCRIPT ARGS...) with its output in procs/LABEL.out and .err."""
         out = os.path.join(self.procs, f"{label}.out")
         err = os.path.join(self.procs, f"{label}.err")
         with open(os.path.join(self.procs, f"{label}.cmd"), "w", encoding="utf-8") as f:
             f.write(json.dumps(cmd) + "\n")
-        if self.spawn == "fork":
-            proc: Any = ForkedProcess(cmd[1], cmd[2:], self.root, out, err)
-        else:
-            with open(out, "w", encoding="utf-8") as fo, open(err, "w", encoding="utf-8") as fe:
-                proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, cwd=self.root, env=self.env)
-        with self.ledger.lock:
-            self.ledger.processes += 1
+        proc = ForkedProcess(cmd[1], cmd[2:], self.root, out, err)
+        self.tally.processes += 1
         return proc, out, err, time.monotonic()
 
-    def finish(self, label: str, cmd: List[str], proc: Any, out: str, err: str,
+    def finish(self, label: str, cmd: List[str], proc: ForkedProcess, out: str, err: str,
                started: float, timeout: float = PROC_TIMEOUT) -> ProcResult:
+        """Waits for `proc` (killing it after `timeout`) and reads its output; a traceback in it
+        goes into the tally."""
         hung = False
         try:
             proc.wait(timeout=max(1.0, timeout - (time.monotonic() - started)))
@@ -236,7 +264,6 @@ class Workspace:
             hung = True
             proc.kill()
             proc.wait()
-        wall = time.monotonic() - started
         texts = []
         for path in (out, err):
             try:
@@ -244,13 +271,10 @@ class Workspace:
                     texts.append(f.read())
             except FileNotFoundError:  # a child that died before it opened its files
                 texts.append("")
-        result = ProcResult(label, cmd, proc.returncode, texts[0], texts[1], wall, proc.pid, hung)
-        if TRACEBACK in result.stderr or TRACEBACK in result.stdout:
-            last = (result.stderr if TRACEBACK in result.stderr else result.stdout).splitlines()
-            self.ledger.traceback(f"{label}: {' '.join(cmd)}\n" + "\n".join(last[-6:]))
-        if hung:
-            self.ledger.problem(f"{label}: still running after {timeout:.0f} s, killed: "
-                                f"{' '.join(cmd)}")
+        result = ProcResult(label, cmd, proc.returncode, texts[0], texts[1],
+                            time.monotonic() - started, proc.pid, hung)
+        if result.has_traceback():
+            self.tally.tracebacks.append(f"{label}: {' '.join(cmd)}")
         return result
 
     def run(self, label: str, cmd: List[str], timeout: float = PROC_TIMEOUT) -> ProcResult:
@@ -354,15 +378,107 @@ class DirWatch:
             self.fd = -1
 
 
+@dataclasses.dataclass
+class KillPlan:
+    """When `watched_run` kills its trainer: `at_seconds` after the log line of `anchor_step`
+    (0: after the start), or `delay` seconds after the `occurrence`-th temporary file of `kind`
+    appeared."""
+    kind: str  # random | a key of TEMPORARIES
+    anchor_step: int = 0
+    at_seconds: float = 0.0
+    occurrence: int = 1
+    delay: float = 0.0
+
+
+def watched_run(ws: Workspace, label: str, cmd: List[str], run_dir: str,
+                plan: Optional[KillPlan] = None) -> Tuple[ProcResult, Dict[str, Any]]:
+    """Runs a trainer while watching its run folder: measures how long each temporary file
+    lives (create -> rename) and, with a plan, kills it with SIGKILL.
+
+    Returns (result, info): info holds "killed" (SIGKILL sent), "kill_time", "tmp" (the targeted
+    temporary), "landed" (it still existed after the trainer died: the kill hit the write),
+    "windows" {kind: [seconds]}, "watch" (inotify | polling).
+    """
+    folders = snapshot_folders(run_dir)
+    for folder in folders:
+        os.makedirs(folder, exist_ok=True)
+    watch = DirWatch(folders)
+    proc, out, err, started = ws.start(label, cmd)
+    patterns = {k: temporary_pattern(k, proc.pid) for k in TEMPORARIES}
+    born: Dict[str, float] = {}
+    info: Dict[str, Any] = {"killed": False, "kill_time": None, "tmp": None, "landed": False,
+                            "windows": {k: [] for k in TEMPORARIES}, "watch": watch.kind}
+    seen = 0
+    deadline = started + PROC_TIMEOUT
+    # a random kill: `at_seconds` after the anchor, the start or the log line of a step
+    anchor = started if plan is None or plan.anchor_step == 0 else None
+    # the log line of a training step: "step N: ..." (a validation's starts "validation")
+    anchor_line = re.compile(rf"^step {plan.anchor_step}:", re.M) if plan else None
+
+    def kill() -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            info["killed"] = True
+            info["kill_time"] = time.monotonic() - started
+
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            wait = 0.2
+            if plan is not None and plan.kind == "random" and not info["killed"]:
+                if anchor is None:
+                    with contextlib.suppress(OSError), open(out, encoding="utf-8",
+                                                            errors="replace") as f:
+                        if anchor_line.search(f.read()):
+                            anchor = time.monotonic()
+                wait = 0.02 if anchor is None else min(
+                    wait, anchor + plan.at_seconds - time.monotonic())
+                if wait <= 0:
+                    kill()
+                    break
+            for when, kind, folder, name in watch.events(wait):
+                for tmp_kind, pattern in patterns.items():
+                    if not pattern.match(name):
+                        continue
+                    if kind == "create":
+                        born[name] = when
+                        if plan is not None and plan.kind == tmp_kind and not info["killed"]:
+                            seen += 1
+                            if seen == plan.occurrence:
+                                if plan.delay > 0:
+                                    time.sleep(plan.delay)
+                                kill()
+                                info["tmp"] = os.path.join(folder, name)
+                    elif name in born:
+                        info["windows"][tmp_kind].append(when - born.pop(name))
+            if info["killed"]:
+                break
+    finally:
+        watch.close()
+    result = ws.finish(label, cmd, proc, out, err, started)
+    if info["tmp"]:
+        info["landed"] = os.path.exists(info["tmp"])
+    elif info["killed"]:
+        # a random kill that happened to land inside a write leaves its temporary behind
+        left = [n for folder in folders for n in DirWatch._list(folder)
+                if any(p.match(n) for p in patterns.values())]
+        info["landed"] = bool(left)
+        info["tmp"] = ", ".join(left) or None
+    return result, info
+
+
+# ---------------------------------------------------------------------------------- run folder
+# The only functions here that know the run folder's layout (checkpoint_N, checkpoint_LATEST,
+# alignments/step_N.npz, hparams.json, diagnostics.jsonl, the trainer's lock and the writers'
+# `.tmp<pid>` temporaries).
+
 # The temporary files a trainer writes, by kind: a file is written under its temporary name and
 # renamed (os.replace) over the real one. {pid} is the writer's.
 TEMPORARIES = {
     "checkpoint": r"checkpoint_\d+\.tmp{pid}",  # checkpoint.save_checkpoint (torch.save)
-    "snapshot": r"step_\d+\.tmp{pid}\.npz",  # alignments/, train.write_validation_files
+    "snapshot": r"step_\d+\.tmp{pid}\.npz",  # alignments/, the validation's snapshot
     "latest": r"checkpoint_LATEST\.tmp{pid}",  # the checkpoint_LATEST symlink
-    "hparams": r"hparams\.json\.tmp{pid}",  # train.write_hparams_json (start, rollback)
+    "hparams": r"hparams\.json\.tmp{pid}",  # hparams.json (at the start, after a rollback)
 }
-TARGETED = tuple(TEMPORARIES)
 
 
 def temporary_pattern(kind: str, pid: int) -> "re.Pattern[str]":
@@ -370,9 +486,19 @@ def temporary_pattern(kind: str, pid: int) -> "re.Pattern[str]":
     return re.compile("^" + TEMPORARIES[kind].format(pid=pid) + "$")
 
 
-# ---------------------------------------------------------------------------------- file checks
-def _is_temporary(name: str) -> bool:
-    return ".tmp" in name
+def snapshot_folders(run_dir: str) -> List[str]:
+    """The folders a trainer writes its files into: the run folder and its alignments/."""
+    return [run_dir, os.path.join(run_dir, "alignments")]
+
+
+def lock_pid(run_dir: str) -> Optional[int]:
+    """The pid written in the run folder's trainer lock, if any."""
+    try:
+        with open(os.path.join(run_dir, LOCK_NAME), encoding="ascii") as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def run_inventory(run_dir: str) -> Dict[str, List[str]]:
@@ -386,6 +512,15 @@ def run_inventory(run_dir: str) -> Dict[str, List[str]]:
             "other": [n for n in names if n in ("hparams.json", "diagnostics.jsonl")]}
 
 
+def checkpoint_path(run_dir: str, step: Optional[int] = None) -> str:
+    """checkpoint_<step>, or checkpoint_LATEST when `step` is None."""
+    return os.path.join(run_dir, "checkpoint_LATEST" if step is None else f"checkpoint_{step}")
+
+
+def has_checkpoint(run_dir: str) -> bool:
+    return bool(run_inventory(run_dir)["checkpoints"])
+
+
 def _loads_checkpoint(path: str) -> Optional[str]:
     """None when `path` loads with weights_only=True as a checkpoint dict, else why not."""
     try:
@@ -397,9 +532,16 @@ def _loads_checkpoint(path: str) -> Optional[str]:
     return None
 
 
-def check_run_files(run_dir: str, ledger: Ledger, label: str, *, final: bool,
-                    expected: Optional[Dict[str, List[str]]] = None) -> Dict[str, Any]:
-    """Checks every file of a run folder; each violation is a lost file (counted in `ledger`).
+@dataclasses.dataclass
+class RunFiles:
+    lost: List[str]  # one line per file that does not load, is torn, orphaned or gone
+    torn_diagnostics: bool  # diagnostics.jsonl ends in a torn line (allowed after a kill)
+    records: List[int]  # the steps of diagnostics.jsonl's records, in file order
+
+
+def check_run_files(run_dir: str, *, final: bool,
+                    expected: Optional[Dict[str, List[str]]] = None) -> RunFiles:
+    """Checks every file of a run folder; each violation is a lost file.
 
     - every checkpoint_N loads with torch.load(weights_only=True); checkpoint_LATEST resolves
       to one that does;
@@ -408,32 +550,25 @@ def check_run_files(run_dir: str, ledger: Ledger, label: str, *, final: bool,
       (a killed trainer's; the resumed run must have removed it);
     - `final`: no temporary file is left, and every file in `expected` (the inventory taken
       right after a kill) still exists.
-    Returns {"lost": n, "torn_diagnostics": bool, "records": [steps]}.
     """
-    lost = 0
+    lost: List[str] = []
     torn = False
     steps: List[int] = []
-
-    def lose(what: str) -> None:
-        nonlocal lost
-        lost += 1
-        ledger.lost(f"{label}: {what}")
-
     if not os.path.isdir(run_dir):
-        return {"lost": 0, "torn_diagnostics": False, "records": []}
+        return RunFiles(lost, torn, steps)
     inventory = run_inventory(run_dir)
     for name in inventory["checkpoints"]:
         why = _loads_checkpoint(os.path.join(run_dir, name))
         if why:
-            lose(f"{run_dir}/{name} does not load: {why}")
-    latest = os.path.join(run_dir, LATEST)
+            lost.append(f"{run_dir}/{name} does not load: {why}")
+    latest = checkpoint_path(run_dir)
     if inventory["checkpoints"] or os.path.lexists(latest):
         try:
             why = _loads_checkpoint(resolve_checkpoint(latest))
-        except Exception as err:
+        except Exception as err:  # a dangling or unreadable link is the finding
             why = f"{type(err).__name__}: {err}"
         if why:
-            lose(f"{latest} does not resolve to a loadable checkpoint: {why}")
+            lost.append(f"{latest} does not resolve to a loadable checkpoint: {why}")
     for name in inventory["snapshots"]:
         path = os.path.join(run_dir, "alignments", name)
         try:
@@ -441,14 +576,14 @@ def check_run_files(run_dir: str, ledger: Ledger, label: str, *, final: bool,
                 for key in data.files:
                     data[key]
         except Exception as err:
-            lose(f"{path} does not load: {type(err).__name__}: {err}")
+            lost.append(f"{path} does not load: {type(err).__name__}: {err}")
     hp_path = os.path.join(run_dir, "hparams.json")
     if os.path.exists(hp_path):
         try:
             with open(hp_path, encoding="utf-8") as f:
                 json.load(f)
-        except Exception as err:
-            lose(f"{hp_path} does not parse: {type(err).__name__}: {err}")
+        except ValueError as err:
+            lost.append(f"{hp_path} does not parse: {err}")
     log = os.path.join(run_dir, "diagnostics.jsonl")
     if os.path.exists(log):
         with open(log, encoding="utf-8", errors="replace") as f:
@@ -462,20 +597,20 @@ def check_run_files(run_dir: str, ledger: Ledger, label: str, *, final: bool,
                 if i == len(lines) - 1 and not final:
                     torn = True
                 else:
-                    lose(f"{log} line {i + 1} does not parse"
-                         + (" (a torn line the resumed run did not remove)" if final else ""))
+                    lost.append(f"{log} line {i + 1} does not parse"
+                                + (" (a torn line the resumed run did not remove)" if final
+                                   else ""))
     if final:
-        for folder in (run_dir, os.path.join(run_dir, "alignments")):
-            if os.path.isdir(folder):
-                for name in sorted(os.listdir(folder)):
-                    if _is_temporary(name):
-                        lose(f"{os.path.join(folder, name)}: orphaned temporary file")
+        for folder in snapshot_folders(run_dir):
+            for name in sorted(DirWatch._list(folder)):
+                if ".tmp" in name:
+                    lost.append(f"{os.path.join(folder, name)}: orphaned temporary file")
         for group, names in (expected or {}).items():
             for name in names:
                 path = os.path.join(run_dir, "alignments" if group == "snapshots" else "", name)
                 if not os.path.exists(path):
-                    lose(f"{path}: existed after the kill, gone after the resumed run")
-    return {"lost": lost, "torn_diagnostics": torn, "records": steps}
+                    lost.append(f"{path}: existed after the kill, gone after the resumed run")
+    return RunFiles(lost, torn, steps)
 
 
 def _tensor_tree_diff(a: Any, b: Any, where: str = "") -> Optional[str]:
@@ -524,20 +659,3 @@ def checkpoint_difference(path_a: str, path_b: str) -> Optional[str]:
         if isinstance(data.get(outer), dict):
             data[outer].pop(inner, None)
     return _tensor_tree_diff(a, b)
-
-
-# ---------------------------------------------------------------------------------- reference run
-# filled by faults.reference_run; the kills compare with it, a bad input cuts its checkpoint_2
-@dataclasses.dataclass
-class Reference:
-    """The uninterrupted run every resumed run is compared with."""
-    run_dir: str = ""
-    wall: float = 0.0
-    ok: bool = False
-    records: List[int] = dataclasses.field(default_factory=list)
-    windows: Dict[str, List[float]] = dataclasses.field(
-        default_factory=lambda: {k: [] for k in TEMPORARIES})
-
-    def window(self, kind: str) -> float:
-        values = sorted(self.windows.get(kind) or [])
-        return values[len(values) // 2] if values else 0.0

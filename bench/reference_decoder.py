@@ -2,8 +2,9 @@
 
 It runs the SAME modules as `model.Decoder` the straightforward way: prenet per step, the inputs
 concatenated into `nn.LSTMCell` calls, the location layer as conv then dense, and (optionally)
-the memory projection recomputed at every step. Tests compare it with the optimised
-`Decoder.decode_step` to show both compute the same function.
+the memory projection recomputed at every step. tests/test_model.py and tests/test_cuda.py compare
+it with the optimised `Decoder.decode_step` to show both compute the same function;
+bench/train_throughput.py's `--loop reference` times it as the baseline.
 """
 from __future__ import annotations
 
