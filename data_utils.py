@@ -708,7 +708,7 @@ def worker_context() -> Optional[multiprocessing.context.BaseContext]:
     return multiprocessing.get_context(method)
 
 
-def prepare_dataloaders(hp, run_dir: Optional[str] = None, rank: int = 0, world_size: int = 1
+def prepare_dataloaders(hp, mel_cache: Optional[str] = None, rank: int = 0, world_size: int = 1
                         ) -> Tuple[DataLoader, DataLoader, TextMelDataset, TextMelDataset]:
     """Datasets and loaders of hp.training_files and hp.validation_files.
 
@@ -720,12 +720,13 @@ def prepare_dataloaders(hp, run_dir: Optional[str] = None, rank: int = 0, world_
     torch's global RNG.
 
     Args:
-        run_dir: the run folder; mels are cached in <run_dir>/mel_cache when hp.mel_cache.
+        mel_cache: the folder mels are cached in when hp.mel_cache (the run folder's,
+            `run_files.RunFolder.mel_cache_folder`); None = no cache.
 
     Returns:
         (train_loader, val_loader, train_set, val_set)
     """
-    cache_dir = os.path.join(run_dir, "mel_cache") if (hp.mel_cache and run_dir) else None
+    cache_dir = mel_cache if hp.mel_cache else None
     train_set = TextMelDataset(read_filelist(hp.training_files, hp.data_root), hp, cache_dir)
     val_set = TextMelDataset(read_filelist(hp.validation_files, hp.data_root), hp, cache_dir)
     collate = TextMelCollate(hp.n_frames_per_step)

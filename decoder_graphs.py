@@ -40,7 +40,7 @@ from torch.nn import functional as F
 
 import devices
 from decoder_step import (DecoderState, DropoutMasks, MemoryContext, StepHistory, StepInput,
-                          StepOutput)
+                          StepOutput, stop_update)
 
 TEXT_BUCKET = 32  # text capacities are multiples of this
 STEP_BUCKET = 256  # step buffers hold a multiple of this many steps (regrown when exceeded)
@@ -506,9 +506,10 @@ class StaticDecoderLoop:
         buf.gates.index_copy_(0, s, out.gate.unsqueeze(0))
         buf.weights.index_copy_(0, s, out.attention.unsqueeze(0))
         buf.state.copy_(pack_state(out.state, buf.state.dtype))
-        stop = (torch.sigmoid(out.gate.float()) > buf.threshold).any(1)
-        buf.steps_taken.copy_(torch.where(stop & ~buf.finished, s + 1, buf.steps_taken))
-        buf.finished.logical_or_(stop)
+        steps_taken, finished = stop_update(out.gate, buf.threshold, s, buf.steps_taken,
+                                            buf.finished)
+        buf.steps_taken.copy_(steps_taken)
+        buf.finished.copy_(finished)
         buf.frame.copy_(out.frames[:, -dec.n_mel_channels:])  # the group's last frame
         buf.counter.add_(1)
 

@@ -170,6 +170,25 @@ def autocast_cast(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def stop_update(gate: torch.Tensor, threshold, step, steps_taken: torch.Tensor,
+                finished: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The stop rule of free-running decoding, applied after decoder step `step` (0-based).
+
+    An item stops at the first step where any of its r gate logits has sigmoid above
+    `threshold` (a float, or a 0-dim tensor on the device); its length is that step + 1.
+
+    Args:
+        gate: (B, r) gate logits of the step.
+        step: the step, an int or a 0-dim Long tensor on the device (a CUDA graph's counter).
+        steps_taken, finished: (B,) Long and Bool, as they were before the step.
+
+    Returns:
+        (steps_taken, finished) after the step; no host synchronisation.
+    """
+    stop = (torch.sigmoid(gate.float()) > threshold).any(1)
+    return torch.where(stop & ~finished, step + 1, steps_taken), finished | stop
+
+
 def lstm_cell(gates: torch.Tensor, cell: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """LSTM cell update from pre-activation gates in PyTorch's (i, f, g, o) order.
 

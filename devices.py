@@ -7,8 +7,8 @@ all of it against a stand-in for `torch.cuda` that applies PyTorch's own argumen
 would refuse fails CI on a machine without one (tests/test_devices.py).
 
 The rule this module exists for: a CUDA device handed to training always carries its index
-(`cuda:0`, or LOCAL_RANK's GPU under torchrun). `torch.cuda.set_device(torch.device("cuda"))`
-raises on every PyTorch, so an index-less device must never reach it.
+(`cuda:0`, or LOCAL_RANK's GPU under torchrun): `torch.cuda.set_device` raises on every PyTorch
+for a CUDA device without an index, so an index-less device must never reach it.
 """
 from __future__ import annotations
 

@@ -35,6 +35,7 @@ from commons import decoder_lengths
 from data_utils import DataError, read_filelist
 from devices import DeviceError, choose_device
 from hparams import HParams, HParamsError
+from messages import one_line
 from run_files import LATEST
 from text import ArpabetError, UnknownCharacterError, UnknownCleanerError, text_to_sequence
 
@@ -168,8 +169,7 @@ def _read_text_file(path: str) -> List[str]:
         with open(path, encoding="utf-8") as f:
             lines = [line.strip() for line in f]
     except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise InferenceError(f"{path}: cannot read sentences: {reason}") from None
+        raise InferenceError(f"{path}: cannot read sentences: {one_line(err)}") from None
     texts = [line for line in lines if line]
     if not texts:
         raise InferenceError(f"{path}: empty text; the file holds no sentence")
@@ -311,8 +311,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return run(args)
     except (ArpabetError, CheckpointError, DataError, DeviceError, HParamsError, InferenceError,
             UnknownCharacterError, UnknownCleanerError) as err:
-        message = " ".join(str(err).split())
-        print(f"inference.py: error: {message}", file=sys.stderr)
+        print(f"inference.py: error: {one_line(err, limit=1000)}", file=sys.stderr)
         return 2
 
 

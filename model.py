@@ -33,7 +33,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from commons import decoder_lengths, sequence_mask
 from decoder_graphs import StaticDecoderLoop
 from decoder_step import (DecoderState, DropoutMasks, MemoryContext, StepHistory, StepInput,
-                          StepOutput, StepwiseWeightGrad, autocast_cast, lstm_cell)
+                          StepOutput, StepwiseWeightGrad, autocast_cast, lstm_cell,
+                          stop_update)
 from hparams import HParams
 from layers import ConvNorm, LinearNorm
 from text.symbols import get_symbols
@@ -615,9 +616,8 @@ class Decoder(nn.Module):
             out_frames.append(frames)
             out_gates.append(gate)
             out_weights.append(weights)
-            stop = (torch.sigmoid(gate.float()) > self.gate_threshold).any(1)
-            steps_taken = torch.where(stop & ~finished, s + 1, steps_taken)
-            finished = finished | stop
+            steps_taken, finished = stop_update(gate, self.gate_threshold, s, steps_taken,
+                                                finished)
             if bool(finished.all()):
                 break
             frame = frames[:, -n_mel:]  # the last frame of this group feeds the next step

@@ -39,6 +39,7 @@ from guardrails import (MAX_ROLLBACKS, Action, AlignmentGuard, DivergenceGuard, 
 from hparams import HParams, HParamsError, create_hparams
 from logger import TrainLogger, log_training, log_validation, log_validation_images
 from loss_function import LossParts, Tacotron2Loss, guided_attention_weight
+from messages import one_line
 from model import Tacotron2
 from run_files import RunFolder, ValidationRecord
 from runlock import RunLock, RunLockedError
@@ -102,7 +103,7 @@ def usable_folder(path: str, flag: str) -> str:
             pass
         os.remove(probe)
     except OSError as err:
-        raise RunSetupError(f"{flag} {path}: cannot be used ({err.strerror or err}); choose a "
+        raise RunSetupError(f"{flag} {path}: cannot be used ({one_line(err)}); choose a "
                             f"folder you can write to") from None
     return path
 
@@ -227,7 +228,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=hp.precision == "fp16")
         self.criterion = Tacotron2Loss(hp)
         self.train_loader, self.val_loader, self.train_set, self.val_set = prepare_dataloaders(
-            hp, run.run_dir, rank=run.rank, world_size=run.world_size)
+            hp, run.folder.mel_cache_folder, rank=run.rank, world_size=run.world_size)
         self.sampler = self.train_loader.batch_sampler
         self.stepper = self.model
         if run.world_size > 1:

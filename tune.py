@@ -38,6 +38,7 @@ from optuna.trial import TrialState
 
 import plotting
 from hparams import HParamsError, create_hparams
+from messages import one_line
 from run_files import RunFolder, ValidationRecord
 from tuning import (ALIGNED, OBJECTIVES, Dimension, UsageError, check_space,
                     divergence_in_reports, format_value, join_hparams, parse_space, plan_values,
@@ -375,7 +376,7 @@ def check_folder(folder: str) -> None:
             f.write("ok")
         os.remove(probe)
     except OSError as err:
-        raise UsageError(f"cannot write in {folder}: {err.strerror or err}") from None
+        raise UsageError(f"cannot write in {folder}: {one_line(err)}") from None
 
 
 def make_pruner(args: argparse.Namespace) -> Any:
@@ -417,8 +418,8 @@ def open_storage(args: argparse.Namespace) -> Tuple[Any, bool]:
     try:
         storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except Exception as err:  # sqlalchemy and driver errors: a bad URL, a missing driver
-        message = " ".join(str(err).split())[:300]
-        raise UsageError(f"--storage: cannot open {url}: {type(err).__name__}: {message}") from None
+        raise UsageError(f"--storage: cannot open {url}: {type(err).__name__}: "
+                         f"{one_line(err)}") from None
     return storage, private
 
 
@@ -649,7 +650,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                       else signal.SIG_DFL)
 
     def after_trial(study_: Any, frozen: Any) -> None:
-        print(one_line(frozen), flush=True)
+        print(trial_line(frozen), flush=True)
         if stop.is_set():
             study_.stop()
         elif sum(counts_as_done(t) for t in study_.get_trials(deepcopy=False)) >= args.n_trials:
@@ -680,7 +681,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-def one_line(frozen: Any) -> str:
+def trial_line(frozen: Any) -> str:
     """A finished trial in one line."""
     attrs = frozen.user_attrs
     value = f" objective {frozen.value:.4f}" if frozen.value is not None else ""

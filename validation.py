@@ -14,8 +14,8 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional
 import numpy as np
 import torch
 
-from alignment_metrics import (FreeRunningScores, batch_metrics, free_running_metrics,
-                               pack_alignments, step_seconds)
+from alignment_metrics import (RUN_ON_SLACK, FreeRunningScores, batch_metrics,
+                               free_running_metrics, pack_alignments, step_seconds)
 from commons import autocast_context, decoder_lengths
 from data_utils import Batch, DataError, TextMelCollate
 from hparams import HParams
@@ -151,6 +151,8 @@ class FreeRunningResult:
     reading_end: int  # its steps up to where the text was read
     snapshot: Dict[str, np.ndarray]  # the free_* arrays of alignments/step_N.npz
     items: List[ItemAttention]  # per item, with its mels when they were kept
+    reading_steps: List[int]  # per item: decoder steps up to where the text was read
+    runs_on: List[bool]  # per item: read to the end, then the gate did not stop it
 
     def to_record(self) -> FreeRunningScores:
         """What diagnostics.jsonl keeps of it."""
@@ -181,7 +183,19 @@ def free_running(model: torch.nn.Module, val_set: Any, hp: HParams,
         snapshot={"free_alignments": padded, "free_text_lengths": text_lengths,
                   "free_decoder_lengths": steps, "free_hit_max_steps": hit_max,
                   "free_target_decoder_lengths": targets.astype(np.int64)},
-        items=items)
+        items=items, reading_steps=[i["reading_steps"] for i in scores["per_item"]],
+        runs_on=[i["runs_on"] for i in scores["per_item"]])
+
+
+def spoken_part(free: FreeRunningResult, i: int, hp: HParams) -> np.ndarray:
+    """Item i's free-running mel, cut after its reading (plus RUN_ON_SLACK steps) when the gate
+    let it run on: the speech quality of what was read, apart from the stop (which the
+    free-running figures judge)."""
+    mel = free.items[i].free_mel
+    if not free.runs_on[i]:
+        return mel
+    frames = (free.reading_steps[i] + RUN_ON_SLACK) * hp.n_frames_per_step
+    return mel[:, :max(1, min(mel.shape[1], frames))]
 
 
 def _quality_texts(items: List[ItemAttention], val_set: Any, hp: HParams) -> Optional[List[str]]:
@@ -195,10 +209,12 @@ def _quality_texts(items: List[ItemAttention], val_set: Any, hp: HParams) -> Opt
 def score_quality(free: FreeRunningResult, val_set: Any, hp: HParams,
                   references: Optional[Dict[str, Any]]) -> QualityResult:
     """Speech quality of the first `quality_items` free-running decodes (`free_running(...,
-    keep_mels=True)`): MCD-DTW against their recordings, and for English the word error rate
-    of their Griffin-Lim audio against the item's text (None without pocketsphinx)."""
+    keep_mels=True)`, each cut where it ran on: `spoken_part`): MCD-DTW against their
+    recordings, and for English the word error rate of their Griffin-Lim audio against the
+    item's text (None without pocketsphinx)."""
     chosen = free.items[:hp.quality_items]
-    return evaluate_quality([item.free_mel for item in chosen], [item.mel for item in chosen], hp,
+    spoken = [spoken_part(free, i, hp) for i in range(len(chosen))]
+    return evaluate_quality(spoken, [item.mel for item in chosen], hp,
                             transcripts=_quality_texts(chosen, val_set, hp),
                             references=references,
                             griffin_lim_iters=hp.quality_griffin_lim_iters)

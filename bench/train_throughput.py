@@ -83,6 +83,7 @@ from data_utils import (Batch, LengthBucketSampler, TextMelCollate, TextMelDatas
                         padding_share, read_filelist)
 from hparams import PRESETS, HParams, create_hparams  # noqa: E402
 from loss_function import Tacotron2Loss  # noqa: E402
+from messages import one_line  # noqa: E402
 from model import Tacotron2  # noqa: E402
 from reference_decoder import reference_forward  # noqa: E402
 from text.symbols import get_symbols  # noqa: E402
@@ -430,13 +431,12 @@ def compare(args: argparse.Namespace) -> int:
 
 def out_of_memory_report(args: argparse.Namespace, err: BaseException) -> Dict[str, Any]:
     """The configuration that did not fit, the error's first line and the memory figures."""
-    message = str(err).strip()
     report: Dict[str, Any] = {
         "status": "out_of_memory", "loop": args.loop, "preset": args.preset,
         "batch_size": args.batch_size, "precision": args.precision, "r": args.r,
         "cuda_graphs": args.cuda_graphs == "on", "compile": args.compile == "on",
         "device": args.device,
-        "error": message.splitlines()[0][:300] if message else type(err).__name__}
+        "error": one_line(err)}
     device = torch.device(args.device) if args.device else torch.device("cpu")
     peak, total = devices.peak_memory_mb(device), devices.total_memory_mb(device)
     if peak is not None:

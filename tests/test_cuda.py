@@ -306,7 +306,7 @@ def test_dataloader_workers_deliver_pinned_batches(device, tmp_path):
     train_list, val_list = write_token_corpus(str(tmp_path / "data"), n_train=12, n_val=4)
     hp = create_hparams(f"preset=tiny,training_files={train_list},validation_files={val_list},"
                         f"text_cleaners=[basic_cleaners],num_workers=2,cuda_graphs=true")
-    train_loader, val_loader, _, _ = prepare_dataloaders(hp, str(tmp_path / "run"))
+    train_loader, val_loader, _, _ = prepare_dataloaders(hp, str(tmp_path / "run" / "mel_cache"))
     train_loader.batch_sampler.set_epoch(0)
     model = seeded_model(hp).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

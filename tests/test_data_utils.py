@@ -668,7 +668,7 @@ def _tiny_loaders(tmp_path, make_corpus, workers):
     val = make_corpus(tmp_path, 3, name="val")
     hp = create_hparams(f"preset=tiny,training_files={train.filelist},"
                         f"validation_files={val.filelist},num_workers={workers}")
-    return prepare_dataloaders(hp, str(tmp_path / "run"))
+    return prepare_dataloaders(hp, str(tmp_path / "run" / "mel_cache"))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -696,7 +696,7 @@ def test_prepare_dataloaders(tmp_path, make_corpus):
                         f"validation_files={val.filelist},mel_cache=true,batch_size=4,"
                         f"n_frames_per_step=2")
     run_dir = tmp_path / "run"
-    train_loader, val_loader, train_set, val_set = prepare_dataloaders(hp, str(run_dir))
+    train_loader, val_loader, train_set, val_set = prepare_dataloaders(hp, str(run_dir / "mel_cache"))
     assert (len(train_set), len(val_set)) == (6, 3)
     assert isinstance(train_loader.batch_sampler, LengthBucketSampler)
     batches = list(train_loader)

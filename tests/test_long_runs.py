@@ -156,27 +156,36 @@ def test_step_figures_are_read_once_for_many_steps(corpus):
     assert set(read[0][0]) == {"total", "mel", "mel_postnet", "gate", "guided_attn"}
 
 
+def _train_with_mels(tmp_path, hparams: str, change: str, *more: str):
+    """`python train.py` whose dataset's mels pass through `change` (Python statements on `mel`;
+    `calls[0]` counts the mels loaded so far): a stand-in for data that goes bad mid-run."""
+    script = tmp_path / "changed_mels.py"
+    script.write_text(
+        "import runpy, sys, data_utils\n"
+        "original = data_utils.TextMelDataset.get_mel\n"
+        "calls = [0]\n"
+        "def get_mel(self, index):\n"
+        "    calls[0] += 1\n"
+        "    mel = original(self, index)\n"
+        f"    {change}\n"
+        "    return mel\n"
+        "data_utils.TextMelDataset.get_mel = get_mel\n"
+        "sys.argv = ['train.py'] + sys.argv[1:]\n"
+        f"runpy.run_path({TRAIN!r}, run_name='__main__')\n")
+    cmd = train_command(tmp_path, hparams, *more, "--skip_data_check")
+    cmd[1] = str(script)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+
+
 @pytest.mark.slow
 def test_non_finite_steps_are_counted_then_the_run_stops_with_divergence(tmp_path, corpus):
     """A filelist whose every mel holds NaN: each step is skipped, max_bad_steps of them raise
     the divergence flag and, with red_flag_action=stop, the run exits 3 with a report."""
     hp = _hparams(corpus, "max_bad_steps=3,red_flag_action=stop,iters_per_validation=100,"
                           "mel_fmax=8000.0")
-    env_poison = tmp_path / "poison.py"
-    env_poison.write_text(
-        "import runpy, sys, data_utils\n"
-        "original = data_utils.TextMelDataset.get_mel\n"
-        "def get_mel(self, index):\n"
-        "    mel = original(self, index).clone()\n"
-        "    mel[0, 0] = float('nan')\n"
-        "    return mel\n"
-        "data_utils.TextMelDataset.get_mel = get_mel\n"
-        f"sys.argv = ['train.py'] + sys.argv[1:]\n"
-        f"runpy.run_path({TRAIN!r}, run_name='__main__')\n")
-    cmd = train_command(tmp_path, hp, "--max_steps=10", "--skip_data_check")
-    cmd[1] = str(env_poison)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": ROOT})
+    proc = _train_with_mels(tmp_path, hp, "mel = mel.clone()\n    mel[0, 0] = float('nan')",
+                            "--max_steps=10")
     assert proc.returncode == train.EXIT_RED_FLAG, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     log = (tmp_path / "logs" / "train.log").read_text()
@@ -193,22 +202,8 @@ def test_an_exploding_run_rolls_back_with_a_lower_learning_rate(tmp_path, corpus
     with the learning rate x 0.5, at most three times, then stops."""
     hp = _hparams(corpus, "divergence_factor=2,iters_per_checkpoint=2,iters_per_validation=100,"
                           "iters_per_log=5,red_flag_action=remediate")
-    env_poison = tmp_path / "loud.py"
-    env_poison.write_text(
-        "import runpy, sys, data_utils\n"
-        "original = data_utils.TextMelDataset.get_mel\n"
-        "calls = [0]\n"
-        "def get_mel(self, index):\n"
-        "    calls[0] += 1\n"
-        "    mel = original(self, index)\n"
-        "    return mel * 50 if calls[0] > 14 * 4 else mel\n"
-        "data_utils.TextMelDataset.get_mel = get_mel\n"
-        f"sys.argv = ['train.py'] + sys.argv[1:]\n"
-        f"runpy.run_path({os.path.join(ROOT, 'train.py')!r}, run_name='__main__')\n")
-    cmd = train_command(tmp_path, hp, "--max_steps=40", "--skip_data_check")
-    cmd[1] = str(env_poison)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": ROOT})
+    proc = _train_with_mels(tmp_path, hp, "mel = mel * 50 if calls[0] > 14 * 4 else mel",
+                            "--max_steps=40")
     assert "Traceback" not in proc.stderr
     log = (tmp_path / "logs" / "train.log").read_text()
     assert "red flag 5 (divergence)" in log and "running median" in log
