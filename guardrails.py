@@ -289,15 +289,20 @@ class AlignmentGuard:
                         quality: Optional[Dict[str, Any]], hp: HParams,
                         lang: str = "en") -> Optional[RedFlag]:
         """Flag 6 when an aligned run's MCD has not improved for `quality_patience` quality
-        validations in a row; None otherwise. Call once per quality validation."""
+        validations in a row; None otherwise. Call once per quality validation. The best MCD
+        counts from the run's alignment on: before it, a decode that does not stop is another
+        kind of sound, and comparing with it would say nothing about the speech."""
         if quality is None or not math.isfinite(float(quality["mean_mcd"])):
+            return None
+        if not is_aligned(free):
+            self.best_mcd, self.best_mcd_step, self.quality_stale = None, None, 0
             return None
         mcd = float(quality["mean_mcd"])
         if self.best_mcd is None or mcd < self.best_mcd - QUALITY_MIN_GAIN_DB:
             self.best_mcd, self.best_mcd_step, self.quality_stale = mcd, step, 0
             return None
         self.quality_stale += 1
-        if self.quality_stale < hp.quality_patience or not is_aligned(free):
+        if self.quality_stale < hp.quality_patience:
             return None
         refs = quality.get("references") or {}
         return _flag(FlagKind.QUALITY_PLATEAU.value, lang, "flag6",

@@ -315,3 +315,32 @@ def test_orphans_of_every_run_file_writer_are_removed(tmp_path):
     removed = RunFolder(str(tmp_path)).remove_orphan_temporaries()
     assert sorted(os.path.basename(p) for p in removed) == sorted(names)
     assert (tmp_path / "hparams.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("saved_fused, loading_fused", [(False, True), (True, False)])
+def test_a_checkpoint_resumes_with_this_machines_adam_kernel(tmp_path, saved_fused,
+                                                             loading_fused):
+    """The fused Adam kernel (device-side skip) and the plain one load each other's state: the
+    loading optimizer keeps its own kernel choice and steps with the saved moments."""
+    from checkpoint import restore_training_state
+    hp = create_hparams("preset=tiny")
+
+    def adam(model, fused):
+        return torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
+
+    torch.manual_seed(0)
+    model = Tacotron2(hp)
+    optimizer = adam(model, saved_fused)
+    sum(p.square().sum() for p in model.parameters()).backward()
+    optimizer.step()
+    path = str(tmp_path / "checkpoint_1")
+    save_checkpoint(path, model=model, optimizer=optimizer, hp=hp, step=1)
+    fresh = Tacotron2(hp)
+    loading = adam(fresh, loading_fused)
+    restore_training_state(load_checkpoint(path), fresh, loading)
+    assert all(bool(g.get("fused")) == loading_fused for g in loading.param_groups)
+    first = next(iter(loading.state.values()))
+    assert float(first["step"]) == 1.0
+    sum(p.square().sum() for p in fresh.parameters()).backward()
+    loading.step()  # no device or dtype mismatch between the saved state and this kernel
+    assert float(next(iter(loading.state.values()))["step"]) == 2.0

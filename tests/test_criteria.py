@@ -215,8 +215,12 @@ def test_an_aligned_run_whose_speech_stops_improving_gets_flag_6_as_advice():
     assert (again.best_mcd, again.best_mcd_step, again.quality_stale) == (3.0, 200, 3)
 
 
-def test_no_quality_flag_before_the_run_reads():
+def test_quality_counts_from_the_alignment_on():
+    """Decodes that do not stop yet are no baseline: the best MCD starts when the run aligns."""
     hp = create_hparams("quality_patience=1")
     guard = guardrails.AlignmentGuard()
-    guard.quality_plateau(100, _free(0.1, 0.0), _quality(4.0), hp)
-    assert guard.quality_plateau(200, _free(0.1, 0.0), _quality(4.0), hp) is None
+    guard.quality_plateau(100, _free(0.1, 0.0), _quality(2.0), hp)
+    assert guard.quality_plateau(200, _free(0.1, 0.0), _quality(2.0), hp) is None
+    assert guard.quality_plateau(300, _free(1.0, 1.0), _quality(3.5), hp) is None  # the first
+    assert guard.best_mcd == 3.5 and guard.best_mcd_step == 300
+    assert guard.quality_plateau(400, _free(1.0, 1.0), _quality(3.5), hp) is not None

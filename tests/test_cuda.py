@@ -313,6 +313,9 @@ def test_dataloader_workers_deliver_pinned_batches(device, tmp_path):
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     run = step_run(hp, device)
     seen = 0
+    # the workers start now, with CUDA initialised in this process: from a fork server
+    assert torch.cuda.is_initialized()
+    assert train_loader.multiprocessing_context.get_start_method() == "forkserver"
     for batch in train_loader:
         assert batch.mel.is_pinned() and batch.text.is_pinned()  # copied with non_blocking
         losses, _, _ = train_step(model, batch, Tacotron2Loss(hp), optimizer, scaler, run).read()
