@@ -280,6 +280,50 @@ def model_from_checkpoint(path: str, device: Any = "cpu", hp_overrides: Optional
     return model, hp, ckpt
 
 
+# The decoder's output layers: `n_mel x r` projection rows (frame k of a group = rows
+# k*n_mel..(k+1)*n_mel) and `r` gate rows; a smaller r keeps the rows of the first frames.
+OUTPUT_LAYERS = ("decoder.linear_projection.linear_layer.", "decoder.gate_layer.linear_layer.")
+
+
+def carried_to(key: str, value: torch.Tensor, shape: torch.Size) -> Optional[torch.Tensor]:
+    """An output layer's tensor trained for a larger reduction factor, cut to `shape` (the rows
+    of the first frames of each group: what "gradual training" carries to a smaller r); None
+    for any other key or shape."""
+    if (not key.startswith(OUTPUT_LAYERS) or value.dim() != len(shape)
+            or value.shape[1:] != shape[1:] or value.shape[0] <= shape[0]):
+        return None
+    return value[:shape[0]].clone()
+
+
+def carry_to_model(state: Dict[str, torch.Tensor], model: torch.nn.Module
+                   ) -> Dict[str, torch.Tensor]:
+    """`state` (a model of reduction factor r) for `model` (the same model, a smaller r)."""
+    target = model.state_dict()
+    out = {}
+    for key, value in state.items():
+        out[key] = value if target[key].shape == value.shape else carried_to(
+            key, value, target[key].shape)
+        if out[key] is None:
+            raise CheckpointError(f"{key}: shape {tuple(value.shape)} cannot become "
+                                  f"{tuple(target[key].shape)}")
+    return out
+
+
+def carry_optimizer_state(state: Dict[str, Any], old: torch.nn.Module,
+                          new: torch.nn.Module) -> Dict[str, Any]:
+    """An optimizer state_dict of `old`'s parameters for `new` (same names, a smaller r): the
+    moments of the output layers keep the rows of the first frames, like their weights."""
+    names = [name for name, _ in old.named_parameters()]
+    shapes = dict((name, p.shape) for name, p in new.named_parameters())
+    carried = {}
+    for index, values in state["state"].items():
+        name = names[int(index)]
+        carried[index] = {k: (v if not torch.is_tensor(v) or v.dim() == 0 or v.shape == shapes[name]
+                              else carried_to(name, v, shapes[name]))
+                          for k, v in values.items()}
+    return {**state, "state": carried}
+
+
 def warm_start_state(model: torch.nn.Module, ckpt: Dict[str, Any], ignore_layers: List[str],
                      new_symbols: List[str]) -> Dict[str, Any]:
     """Loads `ckpt["state_dict"]` into `model` for a warm start.
@@ -287,20 +331,28 @@ def warm_start_state(model: torch.nn.Module, ckpt: Dict[str, Any], ignore_layers
     Keys in `ignore_layers` are dropped. When the symbol sets differ, the embedding rows of
     symbols present in both sets (or whose transliteration matches, for a Russian set started from
     the English model) are copied instead of dropped, even when `embedding.weight` is ignored.
-    Shapes that do not fit (another model size) are skipped and reported.
+    The output layers of a model trained with a larger reduction factor keep the rows of the
+    first frames of each group (`carried_to`). Other shapes that do not fit (another model
+    size) are skipped and reported.
 
     Returns:
-        {"loaded": [...], "skipped": [...], "embedding_rows_copied": int}
+        {"loaded": [...], "skipped": [...], "carried": [...], "embedding_rows_copied": int}
     """
     source = ckpt["state_dict"]
     target = model.state_dict()
-    report: Dict[str, Any] = {"loaded": [], "skipped": [], "embedding_rows_copied": 0}
+    report: Dict[str, Any] = {"loaded": [], "skipped": [], "carried": [],
+                              "embedding_rows_copied": 0}
     for key, value in source.items():
         if key in ignore_layers or key not in target:
             report["skipped"].append(key)
             continue
         if target[key].shape != value.shape:
-            report["skipped"].append(key)
+            carried = carried_to(key, value, target[key].shape)
+            if carried is None:
+                report["skipped"].append(key)
+            else:
+                target[key] = carried
+                report["carried"].append(key)
             continue
         target[key] = value
         report["loaded"].append(key)

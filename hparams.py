@@ -120,6 +120,10 @@ class HParams:
     lr_patience_steps: int = 5000  # converted to validations for ReduceLROnPlateau
     min_learning_rate: float = 1e-5
     gate_positive_weight: float = 1.0  # pos_weight of the gate BCE
+    # Gradual training: once aligned, continue with a smaller reduction factor (fewer frames per
+    # decoder step), carrying the weights (the output layers keep their first frames' rows).
+    reduce_r_to: int = 0  # 0 = keep n_frames_per_step
+    reduce_r_step: int = 0  # switch at the first validation from this step; 0 = when aligned
     curriculum: bool = False  # offer short texts first
     curriculum_start_quantile: float = 0.3  # share of training texts offered at step 0
     curriculum_steps: int = 5000  # steps until every text is offered
@@ -238,7 +242,7 @@ class HParams:
                  "free_running_items", "bucket_size_multiplier", "divergence_window",
                  "max_bad_steps", "quality_items", "quality_griffin_lim_iters", "quality_patience")
         at_least(0, "attention_window", "max_steps", "keep_checkpoints", "iters_per_audio",
-                 "free_running_every", "iters_per_quality",
+                 "free_running_every", "iters_per_quality", "reduce_r_to", "reduce_r_step",
                  "num_workers", "curriculum_steps", "lr_patience_steps", "guide_decay_start",
                  "guide_decay_steps", "red_flag_start_step", "red_flag_patience",
                  "weight_decay", "guide_loss_weight", "guide_scale", "remedy_guide_loss_weight",

@@ -27,15 +27,16 @@ import torch
 import torch.distributed as dist
 
 from check_data import check_filelists
-from checkpoint import (CheckpointError, hparams_from_checkpoint, load_checkpoint,
-                        restore_training_state, save_checkpoint, warm_start_state)
+from checkpoint import (CheckpointError, carry_optimizer_state, carry_to_model,
+                        hparams_from_checkpoint, load_checkpoint, restore_training_state,
+                        save_checkpoint, warm_start_state)
 import devices
 from commons import autocast_context
 from data_utils import (DataError, SamplerStateError, curriculum_max_text_length,
                         prepare_dataloaders)
 from guardrails import (MAX_ROLLBACKS, Action, AlignmentGuard, DivergenceGuard, FlagKind,
-                        RedFlag, criterion_for_step, quality_line, remediated_hparams,
-                        status_line)
+                        RedFlag, criterion_for_step, is_aligned, quality_line,
+                        remediated_hparams, status_line)
 from hparams import HParams, HParamsError, create_hparams
 from logger import TrainLogger, log_training, log_validation, log_validation_images
 from loss_function import LossParts, Tacotron2Loss, guided_attention_weight
@@ -192,8 +193,14 @@ class Run:
                 self.warm_from = ckpt
             else:
                 self.resume_from = ckpt
-                # the run's own hparams; a --hparams given now overrides them
+                # the run's own hparams; a --hparams given now overrides them, except the
+                # reduction factor that gradual training has already lowered (the same
+                # command run again names the starting one)
+                saved = hparams_from_checkpoint(ckpt, None, fallback=hp)
                 hp = hparams_from_checkpoint(ckpt, args.hparams or None, fallback=hp)
+                if (hp.reduce_r_to and saved.n_frames_per_step == hp.reduce_r_to
+                        and hp.n_frames_per_step > saved.n_frames_per_step):
+                    hp = hp.replace(n_frames_per_step=saved.n_frames_per_step)
         if args.max_steps is not None:
             hp = hp.replace(max_steps=args.max_steps)
         return hp
@@ -220,8 +227,17 @@ class Trainer:
 
     def __init__(self, run: Run):
         self.run = run
-        hp, device = run.hp, run.device
-        self.symbols = get_symbols(hp.symbol_set)
+        self.symbols = get_symbols(run.hp.symbol_set)
+        self._build(run.hp)
+        # Steps whose figures are still on the device: read together at the next log line,
+        # checkpoint or validation (`settle`), never one host synchronisation per step.
+        self.clock = time.perf_counter()
+        self.quality_references: Optional[Dict[str, Any]] = None
+        self.quality_notice_given = False
+
+    def _build(self, hp: HParams) -> None:
+        """The model, optimizer, scheduler, scaler, loss and data loaders of `hp`."""
+        run, device = self.run, self.run.device
         self.model = Tacotron2(hp).to(device)  # the bare model: checkpoints and validation
         self.optimizer = make_optimizer(self.model, hp)
         self.scheduler = make_scheduler(self.optimizer, hp)
@@ -237,9 +253,40 @@ class Trainer:
         # Steps whose figures are still on the device: read together at the next log line,
         # checkpoint or validation (`settle`), never one host synchronisation per step.
         self.pending: List[Tuple[int, "StepTensors"]] = []
-        self.clock = time.perf_counter()
-        self.quality_references: Optional[Dict[str, Any]] = None
-        self.quality_notice_given = False
+
+    def reduce_r(self, r: int) -> None:
+        """Continues with reduction factor `r` (smaller): the same weights and optimizer
+        moments, the output layers cut to the first `r` frames of each group; new loaders (a
+        new epoch starts), the divergence guard's loss window starts afresh."""
+        run = self.run
+        old_model, old_r = self.model, run.hp.n_frames_per_step
+        weights = self.model.state_dict()
+        moments = self.optimizer.state_dict()
+        schedule = self.scheduler.state_dict() if self.scheduler is not None else None
+        run.hp = run.hp.replace(n_frames_per_step=r)
+        self._build(run.hp)
+        self.model.load_state_dict(carry_to_model(weights, self.model))
+        self.optimizer.load_state_dict(carry_optimizer_state(moments, old_model, self.model))
+        if schedule is not None:
+            self.scheduler.load_state_dict(schedule)
+        self.model.train()
+        run.divergence.window.clear()  # losses per frame of another r
+        run.epoch += 1
+        run.batch_in_epoch = 0
+        write_hparams_json(run)
+        message = (f"step {run.step}: reduction factor {old_r} -> {r} (n_frames_per_step), "
+                   f"weights and optimizer carried; a new epoch starts")
+        run.logger.info(message)
+        run.logger.text("criterion", message, run.step)
+
+    def reduce_r_due(self, record: ValidationRecord) -> int:
+        """The smaller reduction factor to continue with after this validation, or 0."""
+        hp = self.run.hp
+        if not hp.reduce_r_to or hp.reduce_r_to >= hp.n_frames_per_step:
+            return 0
+        if hp.reduce_r_step:
+            return hp.reduce_r_to if record.step >= hp.reduce_r_step else 0
+        return hp.reduce_r_to if is_aligned(record.free_running) else 0
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, step: int) -> None:
@@ -449,27 +496,33 @@ class Trainer:
         run = self.run
         hp, step = run.hp, run.step
         actions = list(Action)
-        decision_code = torch.zeros(1, dtype=torch.long, device=run.device)  # NCCL wants the GPU
+        # [action, reduction factor to continue with or 0]; NCCL wants the GPU
+        decision_code = torch.zeros(2, dtype=torch.long, device=run.device)
         if run.is_main:
-            decision = self._validate_and_judge()
+            decision, record = self._validate_and_judge()
             decision_code[0] = actions.index(decision.action)
+            decision_code[1] = self.reduce_r_due(record)
             if decision.action is Action.STOP:
                 self.stop(step, decision.flags, decision.message)
         if run.world_size > 1:
             dist.broadcast(decision_code, src=0)  # every rank takes rank 0's decision
-        action = actions[int(decision_code.item())]
+        code, new_r = decision_code.tolist()
+        action = actions[code]
         if action is Action.STOP:
             return StepOutcome.STOP
+        if new_r:
+            self.reduce_r(new_r)  # a new epoch starts with the new loaders
         if action is Action.REMEDIATE:
-            run.hp = remediated_hparams(hp)
+            run.hp = remediated_hparams(run.hp)
             if not run.is_main and not hp.curriculum:
                 run.guard.curriculum_from = step  # rank 0's guard set it; the others learn it here
             write_hparams_json(run)
-            # The curriculum takes effect at once: a new epoch starts from the short texts.
-            run.epoch += 1
-            run.batch_in_epoch = 0
+            if not new_r:
+                # The curriculum takes effect at once: a new epoch starts from the short texts.
+                run.epoch += 1
+                run.batch_in_epoch = 0
             return StepOutcome.NEW_EPOCH
-        return StepOutcome.CONTINUE
+        return StepOutcome.NEW_EPOCH if new_r else StepOutcome.CONTINUE
 
     def quality_due(self) -> bool:
         """Whether this free-running validation scores speech quality: the first one, then
@@ -555,7 +608,7 @@ class Trainer:
             logger.warning(decision.message)
         if decision.action is Action.REMEDIATE:
             logger.text("red_flags", decision.message, step)
-        return decision
+        return decision, record
 
 
 # ---------------------------------------------------------------------------------- the step

@@ -344,3 +344,34 @@ def test_a_checkpoint_resumes_with_this_machines_adam_kernel(tmp_path, saved_fus
     sum(p.square().sum() for p in fresh.parameters()).backward()
     loading.step()  # no device or dtype mismatch between the saved state and this kernel
     assert float(next(iter(loading.state.values()))["step"]) == 2.0
+
+
+def test_a_smaller_reduction_factor_carries_the_first_frames_rows(tmp_path):
+    """Gradual training: r=3 -> r=1 keeps every weight, the output layers' rows of each group's
+    first frame, and the Adam moments cut the same way."""
+    from checkpoint import carry_optimizer_state, carry_to_model
+    hp3 = create_hparams("preset=tiny,n_frames_per_step=3")
+    hp1 = hp3.replace(n_frames_per_step=1)
+    torch.manual_seed(0)
+    big, small = Tacotron2(hp3), Tacotron2(hp1)
+    optimizer = torch.optim.Adam(big.parameters(), lr=1e-3)
+    sum(p.square().sum() for p in big.parameters()).backward()
+    optimizer.step()
+    state = carry_to_model(big.state_dict(), small)
+    small.load_state_dict(state)
+    n_mel = hp3.n_mel_channels
+    key = "decoder.linear_projection.linear_layer.weight"
+    assert torch.equal(small.state_dict()[key], big.state_dict()[key][:n_mel])
+    gate = "decoder.gate_layer.linear_layer.bias"
+    assert torch.equal(small.state_dict()[gate], big.state_dict()[gate][:1])
+    moments = carry_optimizer_state(optimizer.state_dict(), big, small)
+    small_opt = torch.optim.Adam(small.parameters(), lr=1e-3)
+    small_opt.load_state_dict(moments)
+    index = [name for name, _ in big.named_parameters()].index(key)
+    assert torch.equal(moments["state"][index]["exp_avg"],
+                       optimizer.state_dict()["state"][index]["exp_avg"][:n_mel])
+    # a warm start to a smaller r carries the same rows instead of dropping the layers
+    path = str(tmp_path / "checkpoint_1")
+    save_checkpoint(path, model=big, optimizer=optimizer, hp=hp3, step=1)
+    report = warm_start_state(Tacotron2(hp1), load_checkpoint(path), [], get_symbols("english"))
+    assert key in report["carried"] and not report["skipped"]

@@ -234,3 +234,21 @@ def test_a_signal_to_the_whole_process_group_with_workers_saves_and_exits(tmp_pa
     ckpt = torch.load(tmp_path / "output" / "trial_0" / "checkpoint_LATEST", weights_only=True)
     assert ckpt["iteration"] >= 3
 
+
+
+def test_gradual_training_lowers_r_and_resumes(tmp_path, corpus):
+    """reduce_r_to: at the first validation from reduce_r_step the run continues with r=1 (the
+    log says so); its checkpoints carry r=1 and resume as they are."""
+    hp = corpus_hparams(*corpus, "n_frames_per_step=3,reduce_r_to=1,reduce_r_step=4,"
+                                 "iters_per_validation=2,iters_per_checkpoint=3,iters_per_quality=0")
+    _train(tmp_path, hp, "--max_steps=8")
+    log = (tmp_path / "logs" / "train.log").read_text()
+    assert "step 4: reduction factor 3 -> 1 (n_frames_per_step), weights and optimizer carried" in log
+    run = tmp_path / "output" / "trial_0"
+    assert torch.load(run / "checkpoint_3", weights_only=True)["hparams"]["n_frames_per_step"] == 3
+    ckpt = torch.load(run / "checkpoint_8", weights_only=True)
+    assert ckpt["hparams"]["n_frames_per_step"] == 1
+    assert json.loads((run / "hparams.json").read_text())["n_frames_per_step"] == 1
+    _train(tmp_path, hp, "-c", str(run / "checkpoint_LATEST"), "--max_steps=10")
+    log = (tmp_path / "logs" / "train.log").read_text()
+    assert "finished at step 10" in log and log.count("reduction factor 3 -> 1") == 1
