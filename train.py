@@ -263,8 +263,11 @@ class Trainer:
         weights = self.model.state_dict()
         moments = self.optimizer.state_dict()
         schedule = self.scheduler.state_dict() if self.scheduler is not None else None
+        scale = self.scaler.state_dict()  # {} unless fp16
         run.hp = run.hp.replace(n_frames_per_step=r)
         self._build(run.hp)
+        if scale:
+            self.scaler.load_state_dict(scale)
         self.model.load_state_dict(carry_to_model(weights, self.model))
         self.optimizer.load_state_dict(carry_optimizer_state(moments, old_model, self.model))
         if schedule is not None:
