@@ -192,8 +192,9 @@ def history_png(path: str, rows: List[Dict[str, Any]], success_steps: Sequence[i
     The x axis ends just after the last record, not at the last milestone: a short run keeps
     its curve readable; milestones beyond it are not drawn.
     """
-    fig, canvas = new_figure(9, 5)
-    ax = fig.add_subplot(1, 1, 1)
+    scored = [r for r in rows if r.get("mcd_db") is not None]
+    fig, canvas = new_figure(9, 7.5 if scored else 5)
+    ax = fig.add_subplot(2 if scored else 1, 1, 1)
     steps = np.array([r["step"] for r in rows])
     last = max(float(steps.max()) * 1.05, float(steps.max()) + 1.0)
     ax.plot(steps, [r["diagonal_score"] for r in rows], marker="o", markersize=3,
@@ -220,5 +221,26 @@ def history_png(path: str, rows: List[Dict[str, Any]], success_steps: Sequence[i
     ax.set_title(message(lang, "plot_history_title"))
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
+    if scored:
+        _quality_history(fig.add_subplot(2, 1, 2, sharex=ax), scored, lang)
     fig.tight_layout()
     return save_png(canvas, path)
+
+
+def _quality_history(ax: Any, rows: List[Dict[str, Any]], lang: str) -> None:
+    """MCD-DTW of the quality validations (left axis) and the word error rate (right axis)."""
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r["mcd_db"] for r in rows], marker="o", markersize=3, color="tab:purple",
+            label=message(lang, "plot_mcd"))
+    ax.set_ylabel(message(lang, "plot_mcd"))
+    ax.set_xlabel(message(lang, "plot_history_step"))
+    ax.grid(alpha=0.3)
+    with_wer = [r for r in rows if r.get("wer") is not None]
+    if with_wer:
+        right = ax.twinx()
+        right.plot([r["step"] for r in with_wer], [r["wer"] for r in with_wer], marker=".",
+                   linestyle=":", color="tab:red", label=message(lang, "plot_wer"))
+        right.set_ylim(0, 1.05)
+        right.set_ylabel(message(lang, "plot_wer"))
+        right.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
