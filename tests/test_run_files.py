@@ -167,3 +167,24 @@ def _code_lines(lines):
             continue
         out.append((number, line.split("  #")[0]))
     return out
+
+
+def test_history_shows_free_running_and_quality_beside_teacher_forced(tmp_path):
+    import alignment_diagnostics
+    folder = RunFolder(str(tmp_path / "output" / "trial_0"))
+    os.makedirs(folder.path)
+    free = FreeRunningScores(diagonal_score=0.9, reading_diagonal_score=0.95, focus_score=0.7,
+                             end_reached_share=1.0, stopped_share=0.75, near_length_share=0.5,
+                             runs_on_share=0.25, items=4)
+    folder.append_record(_record(100))
+    folder.append_record(_record(200, free_running=free,
+                                 quality={"mean_mcd": 3.57, "mcd": [3.57], "wer": 0.96}))
+    out = alignment_diagnostics.history(str(tmp_path / "output"), "trial_0")
+    first, second = out["rows"]
+    assert first["free_diagonal_score"] is None and first["mcd_db"] is None
+    assert (second["free_reading_diagonal_score"], second["free_stopped_share"],
+            second["mcd_db"], second["wer"]) == (0.95, 0.75, 3.57, 0.96)
+    line = out["table"].splitlines()[3].split()
+    assert line[:1] == ["200"] and line[4:11] == ["0.90", "0.95", "100%", "75%", "50%", "3.57",
+                                                  "0.96"]
+    assert os.path.getsize(out["plot_path"]) > 0
