@@ -103,6 +103,7 @@ import time
 from typing import List, NamedTuple
 
 ROOT, OUT, PY = os.environ["DC_ROOT"], os.environ["DC_OUT"], os.environ["DC_PYTHON"]
+sys.path.insert(0, ROOT)  # run_files reads the voice run's records
 DRY = os.environ["DC_DRY_RUN"] == "1"
 STAGES = set(os.environ["DC_ONLY"].split(","))
 BUDGET = float(os.environ["DC_BUDGET_S"])
@@ -373,22 +374,19 @@ SKIP_NO_PACK = "real-voice stage skipped: no pack (python bench/make_voice_pack.
 
 
 def read_training_run(work, run_name, keep):
-    """The figures of a train.py run in `work` (output/, logs/), from its diagnostics.jsonl
-    and train.log; the small files go to `keep`."""
-    run_dir = os.path.join(work, "output", run_name)
+    """The figures of a train.py run in `work` (output/, logs/), from its validation records
+    (run_files) and train.log; the small files go to `keep`."""
+    from run_files import RunFolder  # the repository's; NumPy only, no torch
+
+    folder = RunFolder(os.path.join(work, "output", run_name))
     log = os.path.join(work, "logs", "train.log")
     os.makedirs(keep, exist_ok=True)
-    for path in (log, os.path.join(run_dir, "diagnostics.jsonl"),
-                 os.path.join(run_dir, "hparams.json"),
-                 *sorted(glob.glob(os.path.join(run_dir, "alignments", "*.npz")),
-                         key=lambda p: int(re.sub(r"\D", "", os.path.basename(p)) or 0))[-1:]):
+    snapshots = sorted(folder.snapshots().items())
+    for path in (log, folder.diagnostics_path, folder.hparams_path,
+                 *[p for _, p in snapshots[-1:]]):
         if os.path.exists(path):
             shutil.copy(path, keep)
-    records = []
-    diagnostics = os.path.join(run_dir, "diagnostics.jsonl")
-    if os.path.exists(diagnostics):
-        with open(diagnostics, encoding="utf-8") as f:
-            records = [json.loads(line) for line in f if line.strip()]
+    records = folder.records(strict=False)
     step_seconds, last_step = [], 0
     if os.path.exists(log):
         with open(log, encoding="utf-8") as f:
@@ -400,24 +398,27 @@ def read_training_run(work, run_name, keep):
                 found = re.search(r"\bfinished at step (\d+)", line)
                 if found:
                     last_step = max(last_step, int(found.group(1)))
-    last = records[-1] if records else {}
-    free = last.get("free_running") or {}
-    losses = last.get("losses") or {}
+    last = records[-1] if records else None
+    free = last.free_running if last is not None else None
     finite = all(isinstance(v, (int, float)) and v == v and abs(v) != float("inf")
-                 for r in records for v in (r.get("losses") or {}).values())
+                 for r in records for v in r.losses.values())
     median = statistics.median(step_seconds) if step_seconds else None
+
+    def fr(name):
+        return getattr(free, name) if free is not None else None
+
     return records, {
         "steps": last_step, "validations": len(records),
         "median_s_per_step": round(median, 4) if median else None,
         "steps_per_s": round(1 / median, 2) if median else None,
-        "last_validation_step": last.get("step"),
-        "loss": losses.get("total"),
-        "diagonal_score": (last.get("metrics") or {}).get("diagonal_score"),
-        "free_running_diagonal_score": free.get("diagonal_score"),
-        "free_running_end_reached_share": free.get("end_reached_share"),
-        "free_running_stopped_share": free.get("stopped_share"),
-        "free_running_near_length_share": free.get("near_length_share"),
-        "free_running_items": free.get("items"),
+        "last_validation_step": last.step if last is not None else None,
+        "loss": last.losses.get("total") if last is not None else None,
+        "diagonal_score": last.diagonal_score if last is not None else None,
+        "free_running_diagonal_score": fr("diagonal_score"),
+        "free_running_end_reached_share": fr("end_reached_share"),
+        "free_running_stopped_share": fr("stopped_share"),
+        "free_running_near_length_share": fr("near_length_share"),
+        "free_running_items": fr("items"),
         "losses_finite": finite,
     }
 
@@ -462,7 +463,7 @@ def voice_run():
     records, figures = read_training_run(work, "voice", os.path.join(LOGS, "voice_run"))
     shutil.rmtree(work, ignore_errors=True)  # checkpoints (hundreds of MB) are not kept
     ok = (status == 0 and bool(records) and figures["losses_finite"]
-          and all(r.get("free_running") for r in records))
+          and all(r.free_running is not None for r in records))
     result = {"status": "ok" if ok else f"failed ({status})", "exit": status,
               "seconds": round(seconds, 1), "pack": VOICE_PACK, "train_clips": clips["train"],
               "validation_clips": clips["val"], **figures}
