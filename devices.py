@@ -12,7 +12,6 @@ for a CUDA device without an index, so an index-less device must never reach it.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from typing import Any, ContextManager, Dict, List, NamedTuple, Optional
@@ -96,26 +95,6 @@ def setup_device(name: Optional[str], environ: Optional[Dict[str, str]] = None) 
     return Placement(rank, world_size, device)
 
 
-def tf32_enabled() -> bool:
-    return bool(torch.backends.cuda.matmul.allow_tf32)
-
-
-@contextlib.contextmanager
-def exact_matmuls():
-    """fp32 matmuls and convolutions without TF32 inside the block (equality checks)."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-def cudnn_disabled() -> ContextManager:
-    """cuDNN off inside the block (a reference computation that needs eval-mode gradients)."""
-    return torch.backends.cudnn.flags(enabled=False)
-
-
 # ---------------------------------------------------------------------------------- timing, memory
 def synchronize(device: torch.device) -> None:
     """Waits for the device's queued work (a no-op off CUDA)."""
@@ -156,11 +135,6 @@ def is_out_of_memory(error: BaseException) -> bool:
     oom = getattr(torch.cuda, "OutOfMemoryError", None)
     return (oom is not None and isinstance(error, oom)) or bool(
         _out_of_memory_re.search(str(error)))
-
-
-def empty_cache() -> None:
-    if cuda_available():
-        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------------------------- RNG states

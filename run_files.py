@@ -17,7 +17,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -434,14 +434,6 @@ class RunFolder:
                 dropped += 1
         return dropped
 
-    def files(self) -> Iterable[str]:
-        """Every run file present (checkpoints, LATEST, hparams, records, snapshots)."""
-        for _, path in self.checkpoints():
-            yield path
-        for path in (self.latest_path, self.hparams_path, self.diagnostics_path):
-            if os.path.lexists(path):
-                yield path
-        yield from (path for _, path in sorted(self.snapshots().items()))
 
 
 def resolve(path: str) -> str:

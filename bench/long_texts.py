@@ -39,6 +39,7 @@ from checkpoint import CheckpointError, model_from_checkpoint  # noqa: E402
 from commons import decoder_lengths  # noqa: E402
 from devices import DeviceError, choose_device  # noqa: E402
 from data_utils import DataError, TextMelDataset, read_filelist  # noqa: E402
+from messages import one_line  # noqa: E402
 from hparams import HParamsError  # noqa: E402
 from inference import synthesize  # noqa: E402
 
@@ -137,7 +138,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         out = run(args)
     except (CheckpointError, DataError, DeviceError, HParamsError, ValueError) as err:
-        print(f"long_texts.py: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"long_texts.py: error: {one_line(err, limit=1000)}", file=sys.stderr)
         return 2
     print(table(out))
     print(json.dumps(out))

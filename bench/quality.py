@@ -45,6 +45,7 @@ from checkpoint import model_from_checkpoint  # noqa: E402
 from devices import choose_device  # noqa: E402
 from data_utils import read_filelist  # noqa: E402
 from inference import synthesize  # noqa: E402
+from messages import one_line  # noqa: E402
 from text import clean_text  # noqa: E402
 
 VERSIONS = ("recording", "griffin_lim", "model")
@@ -212,7 +213,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         out = run(args)
     except (ValueError, OSError) as err:  # CheckpointError, DataError, AudioError, ... are here
-        print(f"quality.py: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"quality.py: error: {one_line(err, limit=1000)}", file=sys.stderr)
         return 2
     print(table(out))
     print(json.dumps(out))
