@@ -233,17 +233,22 @@ def status_line(step: int, free: Optional[FreeRunningScores],
                    understood=yes_no[understood])
 
 
-def quality_line(step: int, quality: Dict[str, Any], lang: str = "en") -> str:
-    """The log line of a quality validation, with the references beside the scores."""
+def quality_figures(quality: Dict[str, Any], lang: str = "en") -> str:
+    """A quality validation's scores with their references beside them, for a log line."""
     refs = quality.get("references") or {}
     if quality.get("wer") is not None:
         wer = message(lang, "quality_wer", wer=quality["wer"],
                       ceiling=_fmt(refs.get("griffin_lim_wer")))
     else:
         wer = message(lang, "quality_no_wer", why=quality.get("wer_notice") or "-")
-    return message(lang, "quality_line", step=step, mcd=quality["mean_mcd"],
+    return message(lang, "quality_figures", mcd=quality["mean_mcd"],
                    n=len(quality.get("mcd") or []), ceiling=_fmt(refs.get("griffin_lim_mcd")),
                    hum=_fmt(refs.get("flat_mcd")), wer=wer)
+
+
+def quality_line(step: int, quality: Dict[str, Any], lang: str = "en") -> str:
+    """The log line of a quality validation, with the references beside the scores."""
+    return message(lang, "quality_line", step=step, figures=quality_figures(quality, lang))
 
 
 def remedies_text(hp: HParams) -> str:
@@ -310,14 +315,23 @@ class AlignmentGuard:
                      best_step=self.best_mcd_step, mcd=mcd,
                      ceiling=_fmt(refs.get("griffin_lim_mcd")), hum=_fmt(refs.get("flat_mcd")))
 
+    def milestone_due(self, step: int, hp: HParams) -> bool:
+        """Whether a validation at `step` reaches a milestone not judged yet (`milestone`
+        would return its verdict)."""
+        criterion = criterion_for_step(step, hp)
+        return criterion is not None and criterion["step"] not in self.milestones_done
+
     def milestone(self, step: int, diagonal: float, hp: HParams,
-                  free: Optional[FreeRunningScores] = None) -> Optional[Dict[str, Any]]:
+                  free: Optional[FreeRunningScores] = None,
+                  quality: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
         """The success criterion reached for the first time at this validation, judged.
 
         Args:
             diagonal: teacher-forced diagonality (the criterion is judged on it).
             free: the free-running figures of the same validation, shown beside the verdict:
                 teacher forcing flatters, and the two side by side tell "aligns" from "reads".
+            quality: the same validation's speech quality (the trainer scores it at every
+                milestone), shown beside the verdict and kept as `mcd`/`wer`.
         """
         criterion = criterion_for_step(step, hp)
         if criterion is None or criterion["step"] in self.milestones_done:
@@ -334,6 +348,11 @@ class AlignmentGuard:
             line += (f" (free-running beside it: diagonality {free.diagonal_score:.2f}, "
                      f"reading {free.reading_diagonal_score:.2f}, gate stopped "
                      f"{free.stopped_share:.0%})")
+        if quality is not None:
+            # the speech at the milestone too: aligned is not yet understood
+            out["mcd"] = float(quality["mean_mcd"])
+            out["wer"] = None if quality.get("wer") is None else float(quality["wer"])
+            line += f"; speech: {quality_figures(quality)}"
         out["line"] = line
         return out
 

@@ -120,6 +120,10 @@ class HParams:
     lr_patience_steps: int = 5000  # converted to validations for ReduceLROnPlateau
     min_learning_rate: float = 1e-5
     gate_positive_weight: float = 1.0  # pos_weight of the gate BCE
+    # Distance of the mel and postnet-mel predictions to the recording: mse (Tacotron 2's
+    # squared error) or l1 (absolute error, as ESPnet's and Coqui's Tacotrons offer; the median
+    # rather than the mean of what the recording might be).
+    mel_loss: str = "mse"
     # Gradual training: once aligned, continue with a smaller reduction factor (fewer frames per
     # decoder step), carrying the weights (the output layers keep their first frames' rows).
     reduce_r_to: int = 0  # 0 = keep n_frames_per_step
@@ -232,6 +236,8 @@ class HParams:
             bad("precision", "choose fp32, bf16 or fp16")
         if self.lr_schedule not in ("plateau", "constant"):
             bad("lr_schedule", "choose plateau or constant")
+        if self.mel_loss not in ("mse", "l1"):
+            bad("mel_loss", "choose mse or l1")
         if self.red_flag_action not in ("remediate", "stop", "warn"):
             bad("red_flag_action", "choose remediate, stop or warn")
         if self.symbol_set not in ("english", "russian"):

@@ -75,21 +75,26 @@ def _masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return (values * keep).sum() / keep.sum().clamp(min=1)
 
 
+# hp.mel_loss -> elementwise distance of a prediction's error
+_DISTANCES = {"mse": torch.square, "l1": torch.abs}
+
+
 class Tacotron2Loss:
     """Mel, postnet-mel, gate and guided-attention losses over the true lengths only.
 
-    * mel, mel_postnet: squared error summed over valid frames and channels, divided by their
-      count (frames `t < mel_len`).
+    * mel, mel_postnet: squared error (`mel_loss="mse"`) or absolute error (`"l1"`) summed over
+      valid frames and channels, divided by their count (frames `t < mel_len`).
     * gate: BCE with logits (`pos_weight = gate_positive_weight`) over frames `t < mel_len`; its
       target is 1 on the last real frame only (later frames are padding and are not scored).
     * guided_attn: `guided_attention_loss` with `decoder_lengths = ceil(mel_len / r)`; computed
       at every step (it is cheap) so it can be logged when its weight is 0.
 
     Args:
-        hp: hparams (`n_frames_per_step`, `gate_positive_weight`, `guide_sigma`).
+        hp: hparams (`n_frames_per_step`, `gate_positive_weight`, `guide_sigma`, `mel_loss`).
     """
 
     def __init__(self, hp: HParams) -> None:
+        self.distance = _DISTANCES[hp.mel_loss]
         self.n_frames_per_step = hp.n_frames_per_step
         self.gate_positive_weight = hp.gate_positive_weight
         self.guide_sigma = hp.guide_sigma
@@ -111,8 +116,9 @@ class Tacotron2Loss:
         keep = sequence_mask(batch.mel_lengths.to(mel_target.device), mel_target.shape[2])
         keep = keep.to(torch.float32)  # (B, T)
         keep_frames = keep.unsqueeze(1)  # (B, T) -> (B, 1, T)
-        mel = _masked_mean((output.mel.float() - mel_target) ** 2, keep_frames)
-        mel_postnet = _masked_mean((output.mel_postnet.float() - mel_target) ** 2, keep_frames)
+        mel = _masked_mean(self.distance(output.mel.float() - mel_target), keep_frames)
+        mel_postnet = _masked_mean(self.distance(output.mel_postnet.float() - mel_target),
+                                   keep_frames)
         pos_weight = torch.tensor(self.gate_positive_weight, device=mel_target.device)
         gate_bce = F.binary_cross_entropy_with_logits(
             output.gate.float(), batch.gate.float(), pos_weight=pos_weight, reduction="none")

@@ -528,13 +528,15 @@ class Trainer:
         return StepOutcome.NEW_EPOCH if new_r else StepOutcome.CONTINUE
 
     def quality_due(self) -> bool:
-        """Whether this free-running validation scores speech quality: the first one, then
-        every `iters_per_quality`-th."""
-        hp = self.run.hp
+        """Whether this free-running validation scores speech quality: the first one, every
+        `iters_per_quality`-th, and the one that reaches a milestone (its verdict shows the
+        speech beside the alignment)."""
+        hp, run = self.run.hp, self.run
         if not hp.iters_per_quality:
             return False
-        n = self.run.validations // max(1, hp.free_running_every)
-        return n == 1 or n % hp.iters_per_quality == 0
+        n = run.validations // max(1, hp.free_running_every)
+        return (n == 1 or n % hp.iters_per_quality == 0
+                or run.guard.milestone_due(run.step, hp))
 
     def score_quality(self, free) -> Dict[str, Any]:
         """Quality of the free-running decodes, with the recordings' references (measured at
@@ -567,7 +569,8 @@ class Trainer:
             if scored:
                 quality = self.score_quality(free)
         free_scores = free.to_record() if free is not None else None
-        milestone = run.guard.milestone(step, metrics["diagonal_score"], hp, free_scores)
+        milestone = run.guard.milestone(step, metrics["diagonal_score"], hp, free_scores,
+                                        quality)
         gap = run.guard.free_running_gap(step, metrics["diagonal_score"],
                                          free_scores.diagonal_score if free_scores else None, hp)
         guided_term = weight * losses["guided_attn"]

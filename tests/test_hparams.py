@@ -42,6 +42,7 @@ def test_defaults_are_the_users_plan():
     ("success_steps=[100,200]", "success_steps", [100, 200]),
     ("success_steps=100;200", "success_steps", [100, 200]),
     ("red_flag_action=warn", "red_flag_action", "warn"),
+    ("mel_loss=l1", "mel_loss", "l1"),
 ])
 def test_coercion(text, name, expected):
     value = getattr(create_hparams(text), name) if name not in ("success_steps",) else \
@@ -65,6 +66,7 @@ def test_list_and_scalar_pairs_mix():
     ("preset=huge", "unknown preset 'huge'"),
     ("precision=fp8", "hparam precision='fp8'"),
     ("red_flag_action=panic", "hparam red_flag_action='panic'"),
+    ("mel_loss=l2", "hparam mel_loss='l2': choose mse or l1"),
     ("n_frames_per_step=0", "hparam n_frames_per_step=0: must be >= 1"),
     ("success_steps=[1,2]", "needs one threshold per entry"),
     ("p_attention_dropout=1.5", "must be between 0 and 1"),

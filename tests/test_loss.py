@@ -171,15 +171,19 @@ def test_loss_parts_and_total():
                                               rel=1e-6)
 
 
-def test_mel_and_gate_losses_use_true_lengths_only():
-    hp = create_hparams("preset=tiny")
+@pytest.mark.parametrize("mel_loss", ["mse", "l1"])
+def test_mel_and_gate_losses_use_true_lengths_only(mel_loss):
+    hp = create_hparams(f"preset=tiny,mel_loss={mel_loss}")
     output, batch = make_output_and_batch()
     parts = Tacotron2Loss(hp)(output, batch, guide_weight=1.0)
-    mel_sq, count = 0.0, 0
-    for i, length in enumerate(batch.mel_lengths.tolist()):
-        mel_sq += float(((output.mel[i, :, :length] - batch.mel[i, :, :length]) ** 2).sum())
-        count += length * batch.mel.shape[1]
-    assert float(parts.mel) == pytest.approx(mel_sq / count, rel=1e-5)
+    power = 2 if mel_loss == "mse" else 1
+    for name in ("mel", "mel_postnet"):
+        total, count = 0.0, 0
+        for i, length in enumerate(batch.mel_lengths.tolist()):
+            error = getattr(output, name)[i, :, :length] - batch.mel[i, :, :length]
+            total += float((error.abs() ** power).sum())
+            count += length * batch.mel.shape[1]
+        assert float(getattr(parts, name)) == pytest.approx(total / count, rel=1e-5)
     bce, frames = 0.0, 0
     for i, length in enumerate(batch.mel_lengths.tolist()):
         bce += float(torch.nn.functional.binary_cross_entropy_with_logits(
@@ -196,9 +200,10 @@ def test_gate_positive_weight_scales_the_last_frame():
     assert float(heavy.gate) == pytest.approx(5 * float(light), rel=1e-5)
 
 
+@pytest.mark.parametrize("mel_loss", ["mse", "l1"])
 @pytest.mark.parametrize("r", [1, 2, 3])
-def test_losses_unchanged_by_extra_padding(r):
-    hp = create_hparams(f"preset=tiny,n_frames_per_step={r}")
+def test_losses_unchanged_by_extra_padding(r, mel_loss):
+    hp = create_hparams(f"preset=tiny,n_frames_per_step={r},mel_loss={mel_loss}")
     output, batch = make_output_and_batch(r=r, mel_lengths=(9, 5), extra=7)
     full = Tacotron2Loss(hp)(output, batch, guide_weight=1.0)
     t_keep = -(-9 // r) * r

@@ -65,6 +65,22 @@ def test_run_layout(trained):
     assert snap.dim() == 3 and snap.shape[0] == 4
 
 
+def test_speech_quality_is_scored_at_every_milestone(tmp_path, corpus):
+    # quality every 5th validation, but the milestone at step 10 (the 2nd validation) is
+    # judged with the speech beside it
+    _train(tmp_path, corpus_hparams(*corpus, "max_steps=10,iters_per_quality=5,"
+                                             "success_steps=[10],success_thresholds=[0.1]"))
+    records = [json.loads(l) for l in
+               (tmp_path / "output" / "trial_0" / "diagnostics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10]
+    milestone = records[1]["milestone"]
+    assert milestone["step"] == 10
+    assert milestone["mcd"] == pytest.approx(records[1]["quality"]["mean_mcd"])
+    log = (tmp_path / "logs" / "train.log").read_text()
+    assert re.search(r"criterion step 10: diagonality \d\.\d\d .*; speech: MCD \d+\.\d+ dB over "
+                     r"2 items \(recordings' Griffin-Lim \d+\.\d+ dB, hum \d+\.\d+ dB\)", log)
+
+
 def test_tensorboard_tags(trained):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     folder = trained / "runs" / "trial_0"
