@@ -214,10 +214,14 @@ def score_quality(free: FreeRunningResult, val_set: Any, hp: HParams,
     item's text (None without pocketsphinx)."""
     chosen = free.items[:hp.quality_items]
     spoken = [spoken_part(free, i, hp) for i in range(len(chosen))]
-    return evaluate_quality(spoken, [item.mel for item in chosen], hp,
-                            transcripts=_quality_texts(chosen, val_set, hp),
-                            references=references,
-                            griffin_lim_iters=hp.quality_griffin_lim_iters)
+    result = evaluate_quality(spoken, [item.mel for item in chosen], hp,
+                              transcripts=_quality_texts(chosen, val_set, hp),
+                              references=references,
+                              griffin_lim_iters=hp.quality_griffin_lim_iters)
+    if hp.symbol_set != "english":
+        result.wer_notice = (f"word error rate: English voices only (symbol_set="
+                             f"{hp.symbol_set}); MCD only")
+    return result
 
 
 def quality_references(free: FreeRunningResult, val_set: Any, hp: HParams) -> Dict[str, Any]:

@@ -265,3 +265,20 @@ def test_bench_errors_are_one_line(what, tiny_checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"quality.py: error: {missing}: no such {what}")
     assert err.count("\n") == 1
+
+
+def test_validation_quality_of_another_language_says_why_wer_is_missing(hp, mels):
+    from types import SimpleNamespace
+
+    from validation import ItemAttention, score_quality
+    items = [ItemAttention(index=i, mel_length=m.shape[1], teacher=None, free=None,
+                           free_hit_max=False, free_mel=m + 0.1, mel=m)
+             for i, m in enumerate(mels[:2])]
+    free = SimpleNamespace(items=items, runs_on=[False, False], reading_steps=[0, 0])
+    val_set = SimpleNamespace(entries=[SimpleNamespace(text="привет, мир.")] * 2)
+    russian = hp.replace(symbol_set="russian", text_cleaners=["russian_cleaners"],
+                         quality_items=2)
+    result = score_quality(free, val_set, russian, references=None)
+    assert result.wer is None and len(result.mcd) == 2 and result.mean_mcd > 0
+    assert result.wer_notice == ("word error rate: English voices only (symbol_set=russian); "
+                                 "MCD only")
