@@ -195,6 +195,14 @@ def wer_available() -> Optional[str]:
     return None
 
 
+def wer_notice_for(symbol_set: str) -> Optional[str]:
+    """Why a voice of `symbol_set` gets no word error rate (the recogniser is English only and
+    optional), as one line; None when it gets one."""
+    if symbol_set != "english":
+        return f"word error rate: English voices only (symbol_set={symbol_set}); MCD only"
+    return wer_available()
+
+
 def normalize_transcript(text: str) -> str:
     """Lower case, apostrophes dropped, other punctuation as spaces, single spaces.
 

@@ -435,7 +435,6 @@ class RunFolder:
         return dropped
 
 
-
 def resolve(path: str) -> str:
     """A checkpoint path as given, with `.../checkpoint_LATEST` turned into the newest
     complete checkpoint of its folder. FileNotFoundError / IsADirectoryError with one line."""

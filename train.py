@@ -229,8 +229,6 @@ class Trainer:
         self.run = run
         self.symbols = get_symbols(run.hp.symbol_set)
         self._build(run.hp)
-        # Steps whose figures are still on the device: read together at the next log line,
-        # checkpoint or validation (`settle`), never one host synchronisation per step.
         self.clock = time.perf_counter()
         self.quality_references: Optional[Dict[str, Any]] = None
         self.quality_notice_given = False

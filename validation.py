@@ -20,7 +20,7 @@ from commons import autocast_context, decoder_lengths
 from data_utils import Batch, DataError, TextMelCollate
 from hparams import HParams
 from loss_function import Tacotron2Loss
-from quality import QualityResult, evaluate_quality, mcd_references
+from quality import QualityResult, evaluate_quality, mcd_references, wer_notice_for
 from text import clean_text
 
 
@@ -214,13 +214,12 @@ def score_quality(free: FreeRunningResult, val_set: Any, hp: HParams,
     item's text (None without pocketsphinx)."""
     chosen = free.items[:hp.quality_items]
     spoken = [spoken_part(free, i, hp) for i in range(len(chosen))]
-    result = evaluate_quality(spoken, [item.mel for item in chosen], hp,
-                              transcripts=_quality_texts(chosen, val_set, hp),
+    transcripts = _quality_texts(chosen, val_set, hp)
+    result = evaluate_quality(spoken, [item.mel for item in chosen], hp, transcripts=transcripts,
                               references=references,
                               griffin_lim_iters=hp.quality_griffin_lim_iters)
-    if hp.symbol_set != "english":
-        result.wer_notice = (f"word error rate: English voices only (symbol_set="
-                             f"{hp.symbol_set}); MCD only")
+    if transcripts is None:
+        result.wer_notice = wer_notice_for(hp.symbol_set)
     return result
 
 

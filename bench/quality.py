@@ -84,9 +84,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     device = choose_device(args.device)
     model, hp, ckpt = model_from_checkpoint(args.checkpoint, device)
     entries = read_filelist(args.filelist, args.data_root)[:args.max_items]
-    notice = quality.wer_available()
-    if notice is None and hp.symbol_set != "english":
-        notice = f"word error rate: English only (symbol_set={hp.symbol_set}); MCD only"
+    notice = quality.wer_notice_for(hp.symbol_set)
     spoken = [clean_text(e.text, hp.text_cleaners) for e in entries]
     seconds: Dict[str, float] = {}
 
